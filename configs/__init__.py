@@ -1,0 +1,1 @@
+"""Gin configuration files (base, suites, methods, presets), shipped as package data."""

@@ -1,0 +1,1 @@
+"""Masking strategies, one module per method. Importing this package registers them all."""

@@ -1,0 +1,52 @@
+"""Thin command-line front end: each subcommand lives in the module that does the work.
+
+A command module provides ``configure_parser(parser)`` and ``run_command(args) -> int``.
+Modules are imported when the parser is built, so they must import heavy dependencies
+(torch, metaworld) lazily inside their functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from mtrl_bench.errors import UserError
+
+# subcommand -> (module, one-line help). Order is the order shown by --help.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "suites": ("mtrl_bench.suites", "list task suites and their tasks"),
+    "data": ("mtrl_bench.data", "generate, check or inspect offline datasets"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mtrl-bench",
+        description="Offline multi-task RL benchmark on Meta-World (Prompt-DT, HarmoDT, SoCo-DT).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        module.configure_parser(command_parser)
+        command_parser.set_defaults(_run=module.run_command)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except UserError as err:
+        print(f"mtrl-bench {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mtrl-bench {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,12 @@
+"""User-facing errors: the CLI prints their message as one line and exits non-zero."""
+
+
+class UserError(Exception):
+    """Bad input from the user (unknown name, missing or corrupt file, bad flag).
+
+    The message must say what was wrong and, where there is a closed set, what is valid.
+    """
+
+
+class DatasetError(UserError):
+    """A dataset file is missing, truncated, corrupt or does not match what was asked."""

@@ -1,0 +1,131 @@
+"""Per-task parameter masks applied inside one batched forward/backward for all tasks.
+
+Semantics (SPEC, "Masking semantics"): for task i with mask M_i in [0, 1],
+
+* forward uses the effective weights W_i = theta * 1[M_i == 1] (the binary part), and
+* backward sends d L_i / d W_i, multiplied by M_i, back to the shared theta.
+
+So theta.grad = sum_i (dL/dW_i) * M_i. Soft-masked (conflicting) entries are absent from
+task i's forward pass but still receive a discounted update from task i.
+
+All masks live in one flat ``(num_tasks, num_maskable)`` float32 tensor so strategies can
+work on whole rows (quantiles, top-k) without looping over parameters; each masked
+parameter reads a ``(num_tasks, *shape)`` view of it. The same backward can also copy the
+per-task gradients dL_i/dW_i into a flat buffer of that shape, which is how strategies get
+g_i for mask updates without one extra backward pass per task.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class MaskSegment:
+    """Where one maskable parameter sits inside the flat mask row."""
+
+    name: str
+    shape: tuple[int, ...]
+    offset: int
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+    @property
+    def stop(self) -> int:
+        return self.offset + self.numel
+
+
+def build_segments(named_params: list[tuple[str, torch.nn.Parameter]]) -> list[MaskSegment]:
+    segments, offset = [], 0
+    for name, param in named_params:
+        segments.append(MaskSegment(name, tuple(param.shape), offset))
+        offset += param.numel()
+    return segments
+
+
+class _TaskMaskedWeight(torch.autograd.Function):
+    """theta (shape S) -> effective per-task weights (N, *S) = theta * binary.
+
+    Backward returns sum_i grad_i * soft_i and optionally records grad_i (scaled) into
+    ``capture`` so mask strategies see each task's gradient w.r.t. its effective weights.
+    """
+
+    @staticmethod
+    def forward(ctx, theta, soft, binary, capture, capture_scale):
+        ctx.save_for_backward(soft)
+        ctx.capture = capture
+        ctx.capture_scale = capture_scale
+        ctx.theta_dtype = theta.dtype
+        return theta.unsqueeze(0) * binary
+
+    @staticmethod
+    def backward(ctx, grad):
+        (soft,) = ctx.saved_tensors
+        grad = grad.to(soft.dtype)
+        if ctx.capture is not None:
+            ctx.capture.copy_(grad.reshape(ctx.capture.shape) * ctx.capture_scale)
+        theta_grad = torch.einsum("n...,n...->...", grad, soft)
+        return theta_grad.to(ctx.theta_dtype), None, None, None, None
+
+
+class TaskMasks:
+    """The masks of all tasks for one model, plus the views the layers read.
+
+    ``soft`` is the source of truth (entries in [0, 1]); ``binary`` (soft == 1) is derived
+    and must be refreshed with :meth:`refresh` after a strategy edits ``soft``.
+    """
+
+    def __init__(self, soft: torch.Tensor, segments: list[MaskSegment]):
+        if soft.dim() != 2 or soft.shape[1] != segments[-1].stop:
+            raise ValueError(
+                f"mask tensor has shape {tuple(soft.shape)}, expected (num_tasks, "
+                f"{segments[-1].stop})"
+            )
+        self.soft = soft
+        self.segments = segments
+        self.capture: torch.Tensor | None = None
+        self.capture_scale = 1.0
+        self.refresh()
+
+    @property
+    def num_tasks(self) -> int:
+        return self.soft.shape[0]
+
+    def refresh(self) -> None:
+        """Recompute the binary forward mask after ``soft`` changed."""
+        self.binary = (self.soft == 1).to(self.soft.dtype)
+
+    def start_capture(self, scale: float) -> torch.Tensor:
+        """Record per-task gradients (times ``scale``) during the next backward pass."""
+        self.capture = torch.zeros_like(self.soft)
+        self.capture_scale = scale
+        return self.capture
+
+    def stop_capture(self) -> None:
+        self.capture = None
+
+    def _view(self, flat: torch.Tensor, seg: MaskSegment) -> torch.Tensor:
+        return flat[:, seg.offset : seg.stop].view(self.num_tasks, *seg.shape)
+
+    def effective(self, seg_index: int, theta: torch.Tensor) -> torch.Tensor:
+        """Per-task effective weights (N, *theta.shape) for the segment's parameter."""
+        seg = self.segments[seg_index]
+        capture = None if self.capture is None else self._view(self.capture, seg)
+        return _TaskMaskedWeight.apply(
+            theta,
+            self._view(self.soft, seg),
+            self._view(self.binary, seg),
+            capture,
+            self.capture_scale,
+        )
+
+    def sparsity(self) -> torch.Tensor:
+        """Per-task fraction of entries with M < 1 (absent from the forward pass)."""
+        return 1.0 - self.binary.mean(dim=1)

@@ -1,0 +1,223 @@
+"""Prompt Decision Transformer with per-task parameter masks, batched over tasks.
+
+Every tensor entering :meth:`PromptDT.forward` is grouped by task: leading dims
+``(N, B)`` = (tasks, sequences per task). Row ``i`` of the mask set belongs to group ``i``,
+so all tasks run through one forward pass, each with its own effective weights, and the
+linear layers become one batched matmul over tasks (``baddbmm``).
+
+Architecture (HarmoDT defaults, ``configs/model/*.gin`` cite the sources): GPT-style
+causal transformer over (return-to-go, state, action) tokens, no positional embedding,
+a timestep embedding, a K'-step prompt with its own embeddings prefixed to the K-step
+context, layer norm on the main tokens only, ReLU MLP, tanh action head. ``mtdt``
+replaces the prompt by one learned task-ID token.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import gin
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mtrl_bench.masking import MaskSegment, TaskMasks, build_segments
+
+
+@gin.configurable
+@dataclass
+class PromptDTConfig:
+    state_dim: int = 39
+    act_dim: int = 4
+    n_layer: int = 6
+    n_embd: int = 256
+    n_head: int = 8
+    n_inner: int = 1024
+    dropout: float = 0.1
+    context_len: int = 20  # K
+    prompt_len: int = 5  # K'
+    max_timestep: int = 1000
+    conditioning: str = "prompt"  # "prompt" (Prompt-DT) or "task_id" (MTDT)
+    num_tasks: int = 1  # size of the task-ID table when conditioning == "task_id"
+    mask_layer_norms: bool = True  # layer norms inside blocks are maskable (HarmoDT)
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        if self.conditioning not in ("prompt", "task_id"):
+            raise ValueError(f"conditioning must be prompt or task_id, not {self.conditioning!r}")
+
+
+class MaskableLinear(nn.Linear):
+    """nn.Linear whose weights may differ per task group (leading dim N of the input)."""
+
+    seg_weight: int | None = None  # index into PromptDT.mask_segments; None = not masked
+    seg_bias: int | None = None
+
+    def forward(self, x: torch.Tensor, masks: TaskMasks | None = None) -> torch.Tensor:
+        if masks is None or self.seg_weight is None:
+            return F.linear(x, self.weight, self.bias)
+        n = x.shape[0]
+        w = masks.effective(self.seg_weight, self.weight)  # (N, out, in)
+        b = masks.effective(self.seg_bias, self.bias)  # (N, out)
+        out = torch.baddbmm(b.unsqueeze(1), x.reshape(n, -1, x.shape[-1]), w.transpose(1, 2))
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+
+class MaskableLayerNorm(nn.LayerNorm):
+    seg_weight: int | None = None
+    seg_bias: int | None = None
+
+    def forward(self, x: torch.Tensor, masks: TaskMasks | None = None) -> torch.Tensor:
+        if masks is None or self.seg_weight is None:
+            return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        n = x.shape[0]
+        y = F.layer_norm(x, self.normalized_shape, None, None, self.eps)
+        shape = (n,) + (1,) * (x.dim() - 2) + (x.shape[-1],)
+        w = masks.effective(self.seg_weight, self.weight).view(shape)
+        b = masks.effective(self.seg_bias, self.bias).view(shape)
+        return y * w + b
+
+
+class Block(nn.Module):
+    """Pre-LN GPT-2 block (causal self-attention + ReLU MLP) with maskable parameters."""
+
+    def __init__(self, cfg: PromptDTConfig):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.ln_1 = MaskableLayerNorm(cfg.n_embd)
+        self.attn_qkv = MaskableLinear(cfg.n_embd, 3 * cfg.n_embd)
+        self.attn_proj = MaskableLinear(cfg.n_embd, cfg.n_embd)
+        self.ln_2 = MaskableLayerNorm(cfg.n_embd)
+        self.mlp_fc = MaskableLinear(cfg.n_embd, cfg.n_inner)
+        self.mlp_proj = MaskableLinear(cfg.n_inner, cfg.n_embd)
+        self.dropout = cfg.dropout
+        self.resid_drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, attn_bias, masks: TaskMasks | None):
+        # x: (N, B, L, d); attn_bias: (N*B, 1, L, L) additive (0 / -inf)
+        n, b, length, d = x.shape
+        qkv = self.attn_qkv(self.ln_1(x, masks), masks)
+        q, k, v = qkv.view(n * b, length, 3, self.n_head, d // self.n_head).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_bias.to(q.dtype),
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+        y = y.transpose(1, 2).reshape(n, b, length, d)
+        x = x + self.resid_drop(self.attn_proj(y, masks))
+        h = F.relu(self.mlp_fc(self.ln_2(x, masks), masks))
+        return x + self.resid_drop(self.mlp_proj(h, masks))
+
+
+class PromptDT(nn.Module):
+    def __init__(self, cfg: PromptDTConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.n_embd
+        self.embed_timestep = nn.Embedding(cfg.max_timestep, d)
+        self.embed_return = nn.Linear(1, d)
+        self.embed_state = nn.Linear(cfg.state_dim, d)
+        self.embed_action = nn.Linear(cfg.act_dim, d)
+        self.embed_ln = nn.LayerNorm(d)
+        if cfg.conditioning == "prompt":
+            self.prompt_embed_timestep = nn.Embedding(cfg.max_timestep, d)
+            self.prompt_embed_return = nn.Linear(1, d)
+            self.prompt_embed_state = nn.Linear(cfg.state_dim, d)
+            self.prompt_embed_action = nn.Linear(cfg.act_dim, d)
+        else:
+            self.task_embedding = nn.Embedding(cfg.num_tasks, d)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(d)
+        self.predict_action = nn.Linear(d, cfg.act_dim)
+        self.apply(self._init_weights)
+        self.mask_segments = self._register_mask_segments()
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def maskable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """Parameters inside the transformer blocks, in a fixed order (found by name)."""
+        out = []
+        for name, module in self.named_modules():
+            if not name.startswith("blocks."):
+                continue
+            if isinstance(module, MaskableLayerNorm) and not self.cfg.mask_layer_norms:
+                continue
+            if isinstance(module, (MaskableLinear, MaskableLayerNorm)):
+                out += [(f"{name}.weight", module.weight), (f"{name}.bias", module.bias)]
+        return out
+
+    def _register_mask_segments(self) -> list[MaskSegment]:
+        named = self.maskable_parameters()
+        index = {name: i for i, (name, _) in enumerate(named)}
+        for name, module in self.named_modules():
+            if f"{name}.weight" in index:
+                module.seg_weight = index[f"{name}.weight"]
+                module.seg_bias = index[f"{name}.bias"]
+        return build_segments(named)
+
+    @property
+    def num_maskable(self) -> int:
+        return self.mask_segments[-1].stop
+
+    def maskable_flat(self) -> torch.Tensor:
+        """theta restricted to maskable entries, flattened in mask-row order (a copy)."""
+        return torch.cat([p.detach().reshape(-1) for _, p in self.maskable_parameters()])
+
+    def _tokens(self, states, actions, rtg, timesteps, prompt_embeds: bool):
+        e = (self.prompt_embed_state, self.prompt_embed_action, self.prompt_embed_return,
+             self.prompt_embed_timestep) if prompt_embeds else (
+            self.embed_state, self.embed_action, self.embed_return, self.embed_timestep)
+        time = e[3](timesteps.clamp(0, self.cfg.max_timestep - 1))
+        toks = torch.stack((e[2](rtg) + time, e[0](states) + time, e[1](actions) + time), dim=-2)
+        return toks.flatten(-3, -2)  # (N, B, 3T, d) in (R, s, a) order
+
+    def forward(
+        self,
+        states: torch.Tensor,  # (N, B, K, state_dim)
+        actions: torch.Tensor,  # (N, B, K, act_dim)
+        returns_to_go: torch.Tensor,  # (N, B, K, 1), already scaled
+        timesteps: torch.Tensor,  # (N, B, K) long
+        attention_mask: torch.Tensor,  # (N, B, K) 1 = real step, 0 = padding
+        prompt: dict[str, torch.Tensor] | None = None,  # same keys with K' steps
+        task_ids: torch.Tensor | None = None,  # (N,) long, for task_id conditioning
+        masks: TaskMasks | None = None,
+    ) -> torch.Tensor:
+        """Predicted actions (N, B, K, act_dim) read from the state tokens."""
+        n, b, k, _ = states.shape
+        main = self.embed_ln(self._tokens(states, actions, returns_to_go, timesteps, False))
+        key_mask = attention_mask.repeat_interleave(3, dim=-1)
+        if self.cfg.conditioning == "prompt":
+            if prompt is None:
+                raise ValueError("Prompt-DT conditioning needs a prompt")
+            p = {key: value.expand(n, b, *value.shape[2:]) for key, value in prompt.items()}
+            pre = self._tokens(p["states"], p["actions"], p["returns_to_go"], p["timesteps"], True)
+            pre_mask = p["attention_mask"].repeat_interleave(3, dim=-1)
+        else:
+            if task_ids is None:
+                raise ValueError("task-ID conditioning needs task_ids")
+            pre = self.task_embedding(task_ids).view(n, 1, 1, -1).expand(n, b, 1, -1)
+            pre_mask = torch.ones(n, b, 1, dtype=attention_mask.dtype, device=states.device)
+        x = self.drop(torch.cat((pre, main), dim=2))
+        key_mask = torch.cat((pre_mask, key_mask), dim=2)
+        length = x.shape[2]
+        causal = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
+        allowed = causal & key_mask.reshape(n * b, 1, 1, length).bool()
+        # a fully padded query row would give NaN: let it attend to itself
+        allowed = allowed | torch.eye(length, dtype=torch.bool, device=x.device)
+        attn_bias = torch.zeros(allowed.shape, dtype=torch.float32, device=x.device)
+        attn_bias.masked_fill_(~allowed, -math.inf)
+        for block in self.blocks:
+            x = block(x, attn_bias, masks)
+        x = self.ln_f(x[:, :, pre.shape[2]:])
+        state_hidden = x.view(n, b, k, 3, -1)[:, :, :, 1]
+        return torch.tanh(self.predict_action(state_hidden))
