@@ -1,0 +1,47 @@
+"""Random Erdős–Rényi-Kernel (ERK) initial masks, as HarmoDT and SoCo-DT start from.
+
+ERK (Evci et al. 2020, RigL) gives tensor l a density proportional to
+sum(shape_l) / prod(shape_l), scaled so the overall density is ``1 - sparsity``; tensors
+whose density would exceed 1 (biases, layer norms, small matrices) are made dense and the
+scale is solved again for the rest. Each task draws its own random mask at those densities.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from mtrl_bench.masking import MaskSegment
+
+
+def erk_densities(segments: list[MaskSegment], sparsity: float) -> list[float]:
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+    total = sum(s.numel for s in segments)
+    raw = [sum(s.shape) / math.prod(s.shape) for s in segments]
+    dense: set[int] = set()
+    while True:
+        budget = (1.0 - sparsity) * total - sum(segments[i].numel for i in dense)
+        free = [i for i in range(len(segments)) if i not in dense]
+        scale = budget / sum(raw[i] * segments[i].numel for i in free)
+        newly_dense = {i for i in free if scale * raw[i] > 1.0}
+        if not newly_dense:
+            return [1.0 if i in dense else scale * raw[i] for i in range(len(segments))]
+        dense |= newly_dense
+
+
+def erk_random_masks(
+    num_tasks: int, segments: list[MaskSegment], sparsity: float,
+    generator: torch.Generator, device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """(num_tasks, P) float32 binary masks, each tensor masked at its exact ERK density."""
+    masks = torch.ones(num_tasks, segments[-1].stop, device=device)
+    for seg, density in zip(segments, erk_densities(segments, sparsity)):
+        n_off = seg.numel - round(density * seg.numel)
+        if n_off <= 0:
+            continue
+        scores = torch.rand(num_tasks, seg.numel, generator=generator, device=generator.device)
+        off = scores.topk(n_off, dim=1).indices.to(device) + seg.offset
+        masks.scatter_(1, off, 0.0)
+    return masks
