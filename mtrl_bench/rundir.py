@@ -1,0 +1,77 @@
+"""Layout of one run's directory and the append-only metrics log inside it.
+
+``<results>/runs/<suite>/<quality>/<method>/seed<N>/`` (':' in a suite name becomes '_')
+holds config.gin, meta.json, metrics.jsonl, final.json and checkpoint.pt. A run is
+finished when meta.json says so and final.json exists; both are written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from mtrl_bench.io import atomic_write_text, read_json
+
+DEFAULT_RESULTS_DIR = Path("results")
+
+
+def results_dir(path: str | os.PathLike | None = None) -> Path:
+    return Path(path or os.environ.get("MTRL_BENCH_RESULTS_DIR") or DEFAULT_RESULTS_DIR)
+
+
+def run_dir(results: str | os.PathLike | None, suite: str, quality: str, method: str,
+            seed: int) -> Path:
+    suite_dir = suite.replace(":", "_")
+    return results_dir(results) / "runs" / suite_dir / quality / method / f"seed{seed}"
+
+
+def is_finished(path: Path) -> bool:
+    try:
+        return (path / "final.json").exists() and read_json(path / "meta.json")["status"] == (
+            "finished"
+        )
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON record per line, each with "kind" and "step".
+
+    On resume the log is cut back to the checkpoint's step, so records from work that was
+    lost in a crash are replaced by the redone work instead of being duplicated.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def truncate_after(self, step: int) -> None:
+        if not self.path.exists():
+            return
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:  # a line cut off by a crash
+                continue
+            if record.get("step", 0) <= step:
+                kept.append(line)
+        atomic_write_text(self.path, "".join(f"{line}\n" for line in kept))
+
+    def append(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+
+    def records(self, kind: str | None = None) -> list[dict]:
+        if not self.path.exists():
+            return []
+        out = []
+        for line in self.path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if kind is None or record.get("kind") == kind:
+                out.append(record)
+        return out

@@ -1,0 +1,145 @@
+"""A sweep is a list of independent runs, one process each (CleanRL's benchmark runner).
+
+Finished runs are skipped; an interrupted one resumes from its checkpoint because each run
+is simply ``mtrl-bench run ...`` again. Executors: ``local`` (N processes at a time, one GPU
+each when several are visible) and ``ray`` (each run a Ray task that asks for its GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from mtrl_bench.errors import UserError
+from mtrl_bench.rundir import is_finished, run_dir
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    method: str
+    suite: str
+    quality: str
+    seed: int
+    extra_args: tuple[str, ...] = field(default=())
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "mtrl_bench", "run", "--method", self.method,
+            "--suite", self.suite, "--quality", self.quality, "--seed", str(self.seed),
+            *self.extra_args,
+        ]
+
+    @property
+    def label(self) -> str:
+        return f"{self.suite}/{self.quality}/{self.method}/seed{self.seed}"
+
+
+def build_grid(methods, suites, qualities, seeds, extra_args=()) -> list[RunSpec]:
+    from mtrl_bench.data import QUALITIES
+    from mtrl_bench.strategy import get_strategy_class
+    from mtrl_bench.suites import resolve_suite
+
+    for method in methods:
+        get_strategy_class(method)  # UserError on an unknown name, before anything runs
+    for suite in suites:
+        resolve_suite(suite)
+    for quality in qualities:
+        if quality not in QUALITIES:
+            raise UserError(f"unknown quality {quality!r}; valid: {', '.join(QUALITIES)}")
+    return [
+        RunSpec(m, s, q, seed, tuple(extra_args))
+        for s, q, m, seed in itertools.product(suites, qualities, methods, seeds)
+    ]
+
+
+def _run_one(spec: RunSpec, env: dict[str, str] | None = None) -> tuple[str, int]:
+    result = subprocess.run(spec.command(), env=env)
+    return spec.label, result.returncode
+
+
+def _visible_gpus() -> list[str]:
+    try:
+        import torch
+
+        return [str(i) for i in range(torch.cuda.device_count())]
+    except ImportError:
+        return []
+
+
+def run_local(specs: list[RunSpec], parallel: int | None = None) -> dict[str, int]:
+    """Run specs as subprocesses, ``parallel`` at a time (default: one per GPU, else one),
+    each pinned to one GPU when several are visible."""
+    gpus = _visible_gpus()
+    parallel = parallel or max(1, len(gpus))
+
+    def launch(indexed):
+        index, spec = indexed
+        env = dict(os.environ)
+        if len(gpus) > 1:
+            env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
+        return _run_one(spec, env)
+
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        return dict(pool.map(launch, enumerate(specs)))
+
+
+def run_ray(specs: list[RunSpec], address: str | None, gpus_per_run: float) -> dict[str, int]:
+    """Each run becomes a Ray task running the same ``mtrl-bench run`` command."""
+    try:
+        import ray
+    except ImportError as err:
+        raise UserError("the ray executor needs Ray: pip install 'mtrl-bench[ray]'") from err
+    ray.init(address=address, ignore_reinit_error=True, log_to_driver=True)
+    try:
+        remote = ray.remote(num_gpus=gpus_per_run, num_cpus=1)(_run_one)
+        return dict(ray.get([remote.remote(spec) for spec in specs]))
+    finally:
+        ray.shutdown()
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--methods", nargs="+", required=True)
+    parser.add_argument("--suites", nargs="+", required=True)
+    parser.add_argument("--qualities", nargs="+", default=["near-optimal"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--executor", choices=["local", "ray"], default="local")
+    parser.add_argument("--parallel", type=int, default=None,
+                        help="local executor: runs at a time (default: one per GPU, else 1)")
+    parser.add_argument("--address", default=None,
+                        help="ray executor: cluster address (default: start a local instance)")
+    parser.add_argument("--gpus-per-run", type=float, default=None,
+                        help="ray executor: GPUs each run asks for (default 1 if CUDA, else 0)")
+    parser.add_argument("--results-dir", default=None)
+    parser.add_argument("--dry-run", action="store_true", help="list the runs and exit")
+    parser.add_argument("run_args", nargs=argparse.REMAINDER,
+                        help="after '--': extra arguments for every `mtrl-bench run`")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    extra = [a for a in args.run_args if a != "--"]
+    if args.results_dir:
+        extra += ["--results-dir", args.results_dir]
+    specs = build_grid(args.methods, args.suites, args.qualities, args.seeds, extra)
+    todo = [s for s in specs
+            if not is_finished(run_dir(args.results_dir, s.suite, s.quality, s.method, s.seed))]
+    print(f"sweep: {len(specs)} runs, {len(specs) - len(todo)} already finished, "
+          f"{len(todo)} to run ({args.executor})")
+    if args.dry_run:
+        for spec in todo:
+            print("  " + " ".join(spec.command()[2:]))
+        return 0
+    if args.executor == "ray":
+        gpus = args.gpus_per_run if args.gpus_per_run is not None else float(bool(_visible_gpus()))
+        codes = run_ray(todo, args.address, gpus)
+    else:
+        codes = run_local(todo, args.parallel)
+    failed = {label: code for label, code in codes.items() if code != 0}
+    for label, code in failed.items():
+        print(f"sweep: {label} failed with exit code {code}", file=sys.stderr)
+    print(f"sweep: {len(codes) - len(failed)} succeeded, {len(failed)} failed")
+    return 1 if failed else 0
