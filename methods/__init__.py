@@ -1,1 +1,3 @@
 """Masking strategies, one module per method. Importing this package registers them all."""
+
+from . import harmodt, mtdt, promptdt, socodt  # noqa: F401

@@ -17,6 +17,11 @@ from mtrl_bench.errors import UserError
 COMMANDS: dict[str, tuple[str, str]] = {
     "suites": ("mtrl_bench.suites", "list task suites and their tasks"),
     "data": ("mtrl_bench.data", "generate, check or inspect offline datasets"),
+    "methods": ("mtrl_bench.methods_cmd", "list the registered methods (masking strategies)"),
+    "run": ("mtrl_bench.runner", "train and evaluate one method on one suite (resumable)"),
+    "sweep": ("mtrl_bench.sweep", "run a grid of methods x suites x qualities x seeds"),
+    "table": ("mtrl_bench.tables", "paper-style tables (Markdown, CSV, LaTeX) from results/runs"),
+    "plot": ("mtrl_bench.plots", "learning curves, mask sparsity, beta and conflict figures"),
 }
 
 
@@ -41,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except UserError as err:
-        print(f"mtrl-bench {args.command}: error: {err}", file=sys.stderr)
+        # gin appends "In call to configurable ..." lines to exceptions it passes through
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"mtrl-bench {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"mtrl-bench {args.command}: interrupted", file=sys.stderr)

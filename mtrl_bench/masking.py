@@ -55,34 +55,39 @@ class _TaskMaskedWeight(torch.autograd.Function):
 
     Backward returns sum_i grad_i * soft_i and optionally records grad_i (scaled) into
     ``capture`` so mask strategies see each task's gradient w.r.t. its effective weights.
+    ``binary`` and ``grad_scale`` (= soft) are already in the compute dtype (bf16 under
+    autocast), so the (N, *S) weights are written once, in the dtype the matmul reads.
     """
 
     @staticmethod
-    def forward(ctx, theta, soft, binary, capture, capture_scale):
-        ctx.save_for_backward(soft)
+    def forward(ctx, theta, grad_scale, binary, capture, capture_scale):
+        ctx.save_for_backward(grad_scale)
         ctx.capture = capture
         ctx.capture_scale = capture_scale
         ctx.theta_dtype = theta.dtype
-        return theta.unsqueeze(0) * binary
+        return theta.to(binary.dtype).unsqueeze(0) * binary
 
     @staticmethod
     def backward(ctx, grad):
-        (soft,) = ctx.saved_tensors
-        grad = grad.to(soft.dtype)
+        (grad_scale,) = ctx.saved_tensors
         if ctx.capture is not None:
             ctx.capture.copy_(grad.reshape(ctx.capture.shape) * ctx.capture_scale)
-        theta_grad = torch.einsum("n...,n...->...", grad, soft)
+        # sum over tasks, accumulated in at least float32 whatever the compute dtype
+        acc = torch.promote_types(grad.dtype, torch.float32)
+        theta_grad = (grad.to(grad_scale.dtype) * grad_scale).sum(0, dtype=acc)
         return theta_grad.to(ctx.theta_dtype), None, None, None, None
 
 
 class TaskMasks:
     """The masks of all tasks for one model, plus the views the layers read.
 
-    ``soft`` is the source of truth (entries in [0, 1]); ``binary`` (soft == 1) is derived
+    ``soft`` is the source of truth (entries in [0, 1]); the binary forward mask
+    (soft == 1) and the backward gradient scale (soft) are cached in ``compute_dtype``
     and must be refreshed with :meth:`refresh` after a strategy edits ``soft``.
     """
 
-    def __init__(self, soft: torch.Tensor, segments: list[MaskSegment]):
+    def __init__(self, soft: torch.Tensor, segments: list[MaskSegment],
+                 compute_dtype: torch.dtype | None = None):
         if soft.dim() != 2 or soft.shape[1] != segments[-1].stop:
             raise ValueError(
                 f"mask tensor has shape {tuple(soft.shape)}, expected (num_tasks, "
@@ -90,6 +95,7 @@ class TaskMasks:
             )
         self.soft = soft
         self.segments = segments
+        self.compute_dtype = compute_dtype or soft.dtype
         self.capture: torch.Tensor | None = None
         self.capture_scale = 1.0
         self.refresh()
@@ -98,9 +104,21 @@ class TaskMasks:
     def num_tasks(self) -> int:
         return self.soft.shape[0]
 
+    def set_compute_dtype(self, dtype: torch.dtype) -> None:
+        """Dtype of the effective weights (bf16 when the trainer runs under bf16 autocast)."""
+        self.compute_dtype = dtype
+        self.refresh()
+
     def refresh(self) -> None:
-        """Recompute the binary forward mask after ``soft`` changed."""
-        self.binary = (self.soft == 1).to(self.soft.dtype)
+        """Recompute the cached forward mask and gradient scale after ``soft`` changed."""
+        hard = self.soft == 1
+        self.binary = hard.to(self.compute_dtype)
+        if self.compute_dtype == self.soft.dtype:
+            self.grad_scale = self.soft
+        elif torch.equal(hard, self.soft != 0):  # binary masks: scale == forward mask (one sync)
+            self.grad_scale = self.binary
+        else:
+            self.grad_scale = self.soft.to(self.compute_dtype)
 
     def start_capture(self, scale: float) -> torch.Tensor:
         """Record per-task gradients (times ``scale``) during the next backward pass."""
@@ -120,7 +138,7 @@ class TaskMasks:
         capture = None if self.capture is None else self._view(self.capture, seg)
         return _TaskMaskedWeight.apply(
             theta,
-            self._view(self.soft, seg),
+            self._view(self.grad_scale, seg),
             self._view(self.binary, seg),
             capture,
             self.capture_scale,
@@ -128,4 +146,4 @@ class TaskMasks:
 
     def sparsity(self) -> torch.Tensor:
         """Per-task fraction of entries with M < 1 (absent from the forward pass)."""
-        return 1.0 - self.binary.mean(dim=1)
+        return (self.soft < 1).float().mean(dim=1)

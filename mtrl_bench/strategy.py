@@ -14,24 +14,39 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import gin
 import torch
 
 from mtrl_bench.errors import UserError
 from mtrl_bench.masking import MaskSegment
 
 _REGISTRY: dict[str, type[MaskStrategy]] = {}
+_CONFIGURABLE: dict[str, type[MaskStrategy]] = {}  # name -> gin-configurable subclass
+
+
+def gin_name(name: str) -> str:
+    """The gin configurable of a strategy: its name with '-' -> '_' (``harmodt_f.k_max``)."""
+    return name.replace("-", "_")
 
 
 def register_strategy(name: str):
-    """Class decorator adding a strategy under ``name``; a second use of a name is an error."""
+    """Class decorator adding a strategy under ``name``; a second use of a name is an error.
+
+    The strategy also becomes gin-configurable as :func:`gin_name` (``name``). Gin wraps a
+    generated subclass, not the class itself, so a subclass registered under another name
+    (an ablation) has its own bindings and never inherits its parent's.
+    """
 
     def decorate(cls: type[MaskStrategy]) -> type[MaskStrategy]:
+        if not (isinstance(cls, type) and issubclass(cls, MaskStrategy)):
+            raise TypeError(f"register_strategy({name!r}) needs a MaskStrategy subclass")
         if name in _REGISTRY:
             raise ValueError(
                 f"strategy name {name!r} is already registered by "
                 f"{_REGISTRY[name].__module__}.{_REGISTRY[name].__qualname__}"
             )
         cls.name = name
+        _CONFIGURABLE[name] = gin.external_configurable(cls, name=gin_name(name))
         _REGISTRY[name] = cls
         return cls
 
@@ -49,6 +64,18 @@ def get_strategy_class(name: str) -> type[MaskStrategy]:
     if name not in strategies:
         raise UserError(f"unknown method {name!r}; valid: {', '.join(strategies)}")
     return strategies[name]
+
+
+def build_strategy(name: str, **overrides) -> MaskStrategy:
+    """An instance of strategy ``name`` with its gin bindings (``overrides`` win)."""
+    get_strategy_class(name)
+    return _CONFIGURABLE[name](**overrides)
+
+
+def describe(cls: type[MaskStrategy]) -> str:
+    """First line of the strategy's docstring (what ``mtrl-bench methods`` prints)."""
+    doc = (cls.__doc__ or "").strip()
+    return doc.splitlines()[0] if doc else ""
 
 
 @dataclass

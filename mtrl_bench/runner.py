@@ -1,0 +1,321 @@
+"""`mtrl-bench run`: build the data, train, evaluate periodically and at the end, resumably.
+
+Budgets are stated in the paper's units (sequences seen, HarmoDT iterations of 8
+sequences) and converted to steps of the batched trainer for the suite at hand, so a
+preset means the same protocol on MT5 and MT50: HarmoDT trains 1M iterations x 8
+sequences = 8M sequences, updates masks every 500 iterations (4000 sequences) and warms
+up over 10k iterations (80k sequences).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import logging
+import platform
+import re
+import subprocess
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import gin
+
+from mtrl_bench.errors import UserError
+from mtrl_bench.io import atomic_write_json, atomic_write_text, read_json
+from mtrl_bench.rundir import MetricsLog, is_finished, run_dir
+
+CONFIG_DIR = Path(importlib.import_module("mtrl_bench.configs").__file__).parent
+PRESETS = ("quick", "paper", "tiny")
+
+
+@gin.configurable("Run")
+@dataclass
+class RunConfig:
+    """What one run trains on and for how long (bind as ``Run.<field>``)."""
+
+    suite: str = "mt5"
+    quality: str = "near-optimal"
+    seed: int = 0
+    episodes: int = 2000  # dataset episodes per task (near-optimal ladder length)
+    episode_length: int = 500
+    dataset_seed: int = 0
+    budget_sequences: int = 8_000_000  # HarmoDT: 1M iterations x 8 sequences
+    batch_size: int = 8  # sequences per task per step
+    warmup_sequences: int = 80_000  # HarmoDT: 10k iterations x 8
+    mask_update_every_sequences: int = 4_000  # HarmoDT: every 500 iterations x 8
+    eval_every_sequences: int = 400_000  # HarmoDT: every 5000 iterations x 8 ... x 10
+    eval_goals: int = 10  # goals per task in periodic evaluations (HarmoDT: 10)
+    final_eval_goals: int = 50  # all goals (MTDiff's MT50-rand protocol)
+    eval_max_steps: int = 500  # evaluation worker count: bind Evaluator.workers
+    checkpoint_every_steps: int = 1000
+
+    def steps(self, sequences: int, num_tasks: int) -> int:
+        return max(1, round(sequences / (num_tasks * self.batch_size)))
+
+
+def _config_file(relative: str, kind: str, valid: list[str]) -> Path:
+    path = CONFIG_DIR / relative
+    if not path.exists():
+        raise UserError(f"no {kind} config {relative!r}; valid: {', '.join(valid)}")
+    return path
+
+
+def parse_gin(method: str, preset: str, gin_files: list[str], bindings: list[str]) -> None:
+    """base.gin, then the preset, the method's file, the user's files and bindings."""
+    if preset not in PRESETS:
+        raise UserError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
+    files = [CONFIG_DIR / "base.gin", CONFIG_DIR / "presets" / f"{preset}.gin"]
+    method_file = CONFIG_DIR / "methods" / f"{method}.gin"
+    if method_file.exists():
+        files.append(method_file)
+    for name in gin_files:
+        if not Path(name).exists():
+            raise UserError(f"gin file {name!r} does not exist")
+        files.append(Path(name))
+    gin.clear_config()
+    gin.add_config_file_search_path(str(CONFIG_DIR))
+    # gin logs "Path not found" for every include before it tries the search path
+    quiet = _DropGinPathNotFound()
+    logging.getLogger().addFilter(quiet)
+    try:
+        gin.parse_config_files_and_bindings([str(f) for f in files], bindings,
+                                            finalize_config=False)
+    except (ValueError, SyntaxError, KeyError, TypeError, NameError) as err:
+        message = " ".join(str(err).split())
+        raise UserError(f"bad gin configuration: {message}") from err
+    finally:
+        logging.getLogger().removeFilter(quiet)
+
+
+class _DropGinPathNotFound(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Path not found:")
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _versions() -> dict[str, str]:
+    names = ("mtrl-bench", "torch", "metaworld", "mujoco", "gymnasium", "numpy", "gin-config")
+    out = {"python": platform.python_version()}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _device_name(device) -> str:
+    import torch
+
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return f"cpu: {platform.processor() or platform.machine()}"
+
+
+class _Wandb:
+    """Optional mirror of metrics.jsonl to Weights & Biases (local files stay the truth)."""
+
+    def __init__(self, mode: str | None, run_path: Path, name: str, config: dict):
+        self.run = None
+        if not mode:
+            return
+        try:
+            import wandb
+        except ImportError as err:
+            raise UserError("--wandb needs wandb: pip install 'mtrl-bench[wandb]'") from err
+        self.run = wandb.init(project="mtrl-bench", name=name, dir=str(run_path), mode=mode,
+                              config=config, resume="allow",
+                              id=re.sub(r"[:;,#?/' ]", "-", name))
+
+    def log(self, record: dict) -> None:
+        if self.run is None:
+            return
+        flat = {}
+        for key, value in record.items():
+            if isinstance(value, (int, float)) and key != "step":
+                flat[f"{record['kind']}/{key}"] = value
+            elif isinstance(value, dict) and key in ("success", "return"):
+                flat.update({f"{record['kind']}/{key}/{t}": v for t, v in value.items()})
+        self.run.log(flat, step=record["step"])
+
+    def finish(self) -> None:
+        if self.run is not None:
+            self.run.finish()
+
+
+def _summary(tasks: list[str], final: dict, best: dict, wall: float) -> str:
+    from tabulate import tabulate
+
+    rows = [[t, 100 * final["success"][t], final["return"][t], 100 * best["success"][t]]
+            for t in tasks]
+    rows.append(["MEAN", 100 * final["mean_success"], final["mean_return"],
+                 100 * best["mean_success"]])
+    table = tabulate(rows, headers=["task", "success % (final)", "return (final)",
+                                    f"success % (best eval, step {best['step']})"],
+                     floatfmt=".1f")
+    return f"{table}\nwall time {wall / 60:.1f} min"
+
+
+def run(method: str, preset: str = "paper", *, gin_files=(), bindings=(), device="auto",
+        results=None, data_dir=None, force=False, wandb_mode=None, progress=True) -> Path:
+    """Train and evaluate one (suite, quality, method, seed); returns the run directory."""
+    import torch
+    from tqdm import tqdm
+
+    from mtrl_bench.data import QUALITIES, ensure_suite_dataset
+    from mtrl_bench.evaluation import DecisionTransformerAgent, Evaluator
+    from mtrl_bench.strategy import build_strategy, get_strategy_class
+    from mtrl_bench.suites import resolve_suite
+    from mtrl_bench.trainer import Trainer, resolve_device
+
+    get_strategy_class(method)
+    resolve_device(device)  # fail before any data is generated
+    parse_gin(method, preset, list(gin_files), list(bindings))
+    cfg = RunConfig()
+    tasks = resolve_suite(cfg.suite)
+    if cfg.quality not in QUALITIES:
+        raise UserError(f"unknown quality {cfg.quality!r}; valid: {', '.join(QUALITIES)}")
+    path = run_dir(results, cfg.suite, cfg.quality, method, cfg.seed)
+    if is_finished(path) and not force:
+        print(f"run {path} is already finished (use --force to redo it)")
+        final = read_json(path / "final.json")
+        print(_summary(final["tasks"], final["final"], final["best"],
+                       read_json(path / "meta.json").get("wall_time_s", 0.0)))
+        return path
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(f"cannot write the run directory {path}: {err.strerror}") from err
+    if force:
+        for name in ("final.json", "metrics.jsonl", "checkpoint.pt", "meta.json"):
+            (path / name).unlink(missing_ok=True)
+    started = time.perf_counter()
+
+    datasets = ensure_suite_dataset(tasks, cfg.quality, data_dir=data_dir, episodes=cfg.episodes,
+                                    seed=cfg.dataset_seed, episode_length=cfg.episode_length,
+                                    progress=progress)
+    n = len(tasks)
+    total_steps = cfg.steps(cfg.budget_sequences, n)
+    strategy = build_strategy(method,
+                              update_interval=cfg.steps(cfg.mask_update_every_sequences, n))
+    trainer = Trainer(datasets, method, total_steps=total_steps, batch_size=cfg.batch_size,
+                      warmup_steps=cfg.steps(cfg.warmup_sequences, n), device=device,
+                      seed=cfg.seed, strategy=strategy)
+    metrics = MetricsLog(path / "metrics.jsonl")
+    checkpoint = path / "checkpoint.pt"
+    meta_path = path / "meta.json"
+    meta = read_json(meta_path) if meta_path.exists() else {}
+    if checkpoint.exists():
+        trainer.load_checkpoint(checkpoint)
+        print(f"resuming {path} from step {trainer.step}/{total_steps}")
+    metrics.truncate_after(trainer.step)
+    meta.update({
+        "method": method, "suite": cfg.suite, "tasks": tasks, "quality": cfg.quality,
+        "seed": cfg.seed, "preset": preset, "git_commit": _git_commit(),
+        "versions": _versions(), "device": _device_name(trainer.device), "status": "running",
+        "started": meta.get("started") or datetime.datetime.now().isoformat(timespec="seconds"),
+        "total_steps": total_steps, "sequences_per_step": trainer.sequences_per_step,
+    })
+    atomic_write_json(meta_path, meta)
+    atomic_write_text(path / "config.gin", gin.config_str())
+    wandb = _Wandb(wandb_mode, path, f"{cfg.suite}/{cfg.quality}/{method}/seed{cfg.seed}",
+                   {"method": method, **meta})
+    eval_every = cfg.steps(cfg.eval_every_sequences, n)
+
+    def record(entry: dict) -> None:
+        metrics.append(entry)
+        wandb.log(entry)
+
+    agent = DecisionTransformerAgent.from_datasets(
+        trainer.model, datasets, tasks, masks=trainer.masks,
+        autocast_dtype=torch.bfloat16 if trainer.autocast else None)
+    bar = tqdm(total=total_steps, initial=trainer.step, desc=f"{method} {cfg.suite}",
+               unit="step", disable=not progress, dynamic_ncols=True)
+
+    def on_metrics(entry: dict) -> None:
+        record(entry)
+        if entry["kind"] == "train":
+            bar.update(entry["step"] - bar.n)
+            bar.set_postfix(loss=f"{entry['loss']:.4f}", seq_s=f"{entry['sequences_per_s']:.0f}")
+
+    with Evaluator(tasks, max_steps=cfg.eval_max_steps) as evaluator:
+        while trainer.step < total_steps:
+            boundary = min(total_steps, (trainer.step // eval_every + 1) * eval_every,
+                           (trainer.step // cfg.checkpoint_every_steps + 1)
+                           * cfg.checkpoint_every_steps)
+            trainer.train(boundary, on_metrics)
+            bar.update(trainer.step - bar.n)
+            if trainer.step % eval_every == 0 and trainer.step < total_steps:
+                result = evaluator.evaluate(agent, num_goals=cfg.eval_goals)
+                record(result.metrics_record(trainer.step))
+                bar.set_postfix(success=f"{100 * result.mean_success:.1f}%")
+            trainer.save_checkpoint(checkpoint)
+        bar.close()
+        if progress:
+            print(f"final evaluation: {n} tasks x {cfg.final_eval_goals} goals")
+        result = evaluator.evaluate(agent, num_goals=cfg.final_eval_goals, progress=progress)
+    final = result.to_dict(trainer.step)
+    if not any(r["step"] == trainer.step for r in metrics.records("eval")):
+        record({"kind": "eval", **final})
+    best = max(metrics.records("eval"), key=lambda r: (r["mean_success"], r["step"]))
+    atomic_write_json(path / "episodes.json", result.episode_dicts())
+    atomic_write_json(path / "final.json", {
+        "tasks": tasks, "final": final,
+        "best": {**best, "label": "best over evaluations (chosen on the evaluation episodes)"},
+    })
+    atomic_write_text(path / "config.gin", gin.operative_config_str())
+    wall = meta.get("wall_time_s", 0.0) + time.perf_counter() - started
+    meta.update({"status": "finished", "wall_time_s": wall,
+                 "finished": datetime.datetime.now().isoformat(timespec="seconds")})
+    atomic_write_json(meta_path, meta)
+    wandb.finish()
+    print(_summary(tasks, final, best, wall))
+    print(f"results in {path}")
+    return path
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--method", required=True, help="see `mtrl-bench methods`")
+    parser.add_argument("--suite", help="mt5, mt10, mt30, mt50 or random-K:SEED "
+                        "(default: the preset's)")
+    parser.add_argument("--quality", help="near-optimal or sub-optimal (default: the preset's)")
+    parser.add_argument("--seed", type=int, help="training seed (default 0)")
+    parser.add_argument("--preset", default="paper", help=f"one of {', '.join(PRESETS)} "
+                        "(default: paper, the SoCo-DT/HarmoDT protocol)")
+    parser.add_argument("--gin_file", action="append", default=[], help="extra .gin file")
+    parser.add_argument("--gin_binding", action="append", default=[],
+                        help="a gin binding, e.g. 'Trainer.learning_rate = 3e-4'")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--results-dir", default=None,
+                        help="results root (default ./results or $MTRL_BENCH_RESULTS_DIR)")
+    parser.add_argument("--data-dir", default=None,
+                        help="dataset root (default $MTRL_BENCH_DATA_DIR or ~/.cache/mtrl-bench)")
+    parser.add_argument("--wandb", choices=["offline", "online"], default=None)
+    parser.add_argument("--force", action="store_true", help="redo a finished run")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    bindings = list(args.gin_binding)
+    for flag, field in (("suite", "suite"), ("quality", "quality"), ("seed", "seed")):
+        value = getattr(args, flag)
+        if value is not None:
+            bindings.append(f"Run.{field} = {value!r}")
+    run(args.method, args.preset, gin_files=args.gin_file, bindings=bindings,
+        device=args.device, results=args.results_dir, data_dir=args.data_dir, force=args.force,
+        wandb_mode=args.wandb, progress=not args.no_progress)
+    return 0

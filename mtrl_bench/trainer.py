@@ -1,0 +1,350 @@
+"""One trainer for every method: a step trains all tasks at once with their own masks.
+
+A step draws B sequences from every task (:class:`TaskBatchSampler`), runs ONE batched
+forward/backward in which task i uses its effective weights θ ⊙ 1[M_i = 1] and sends its
+gradient back scaled by M_i (:mod:`mtrl_bench.masking`), and takes one AdamW step. The
+loss is the mean over tasks of each task's action MSE on its valid (unpadded) positions.
+When the strategy wants a mask update, the same backward pass also records every task's
+gradient w.r.t. its effective weights, so an update costs no extra backward passes.
+
+Defaults (``configs/base.gin`` cites them) follow HarmoDT: AdamW lr 1e-4, weight decay
+1e-4, linear warm-up, gradient-norm clip 0.25; bf16 autocast on CUDA.
+
+The hot path has no Python loop over tasks and no host-device sync; the loss is read
+back only every ``log_every`` steps and the masks only when they are updated.
+:meth:`Trainer.reference_step` reproduces the HarmoDT reference loop's shape (one task per
+iteration, weights swapped in and out) for benchmarks only.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import gin
+import torch
+
+from mtrl_bench.errors import UserError
+from mtrl_bench.masking import TaskMasks
+from mtrl_bench.model import PromptDT, PromptDTConfig
+from mtrl_bench.sampling import TaskBatchSampler
+from mtrl_bench.strategy import MaskStrategy, MaskUpdateContext, build_strategy
+
+CHECKPOINT_FORMAT = 1
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' -> CUDA when present, else CPU; asking for CUDA without a GPU is a UserError."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        resolved = None
+    if resolved is None or resolved.type not in ("cpu", "cuda"):
+        raise UserError(f"unknown device {device!r}; valid: {', '.join(DEVICES)} (or cuda:N)")
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device {device!r} was asked for but no CUDA GPU is available; "
+                            "use --device cpu or auto")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise UserError(f"device {device!r} does not exist; this machine has "
+                            f"{torch.cuda.device_count()} CUDA device(s)")
+    return resolved
+
+
+def iterations_to_steps(iterations: int, num_tasks: int) -> int:
+    """HarmoDT iterations (one task, one batch each) -> steps of this trainer (all tasks)."""
+    return max(1, round(iterations / num_tasks))
+
+
+def masked_action_loss(pred: torch.Tensor, target: torch.Tensor,
+                       valid: torch.Tensor) -> torch.Tensor:
+    """(N,) per-task action MSE over valid positions (HarmoDT's loss, per task group)."""
+    squared = (pred.float() - target).square().sum(-1)  # (N, B, K)
+    per_task = (squared * valid).sum(dim=(1, 2))
+    return per_task / (valid.sum(dim=(1, 2)) * target.shape[-1])
+
+
+@gin.configurable
+class Trainer:
+    """Trains one shared model on all tasks with the chosen method's masks."""
+
+    def __init__(
+        self,
+        datasets: Mapping,  # task name -> TaskDataset; the order fixes the task index
+        method: str = "promptdt",
+        *,
+        total_steps: int = 20_000,
+        batch_size: int = 8,
+        learning_rate: float = 1e-4,
+        weight_decay: float = 1e-4,
+        warmup_steps: int = 200,
+        grad_clip: float = 0.25,
+        device: str = "auto",
+        bf16: bool = True,
+        seed: int = 0,
+        log_every: int = 100,
+        compile: bool = False,
+        model_config: PromptDTConfig | None = None,
+        strategy: MaskStrategy | None = None,
+    ):
+        if not datasets:
+            raise UserError("no tasks to train on")
+        if total_steps < 1 or batch_size < 1 or warmup_steps < 1 or log_every < 1:
+            raise UserError("total_steps, batch_size, warmup_steps and log_every must be >= 1")
+        self.device = resolve_device(device)
+        self.tasks = list(datasets)
+        self.num_tasks = len(self.tasks)
+        self.method = method
+        self.strategy = strategy if strategy is not None else build_strategy(method)
+        self.total_steps = total_steps
+        self.batch_size = batch_size
+        self.grad_clip = grad_clip
+        self.log_every = log_every
+        self.seed = seed
+        self.autocast = bf16 and self.device.type == "cuda"
+
+        torch.manual_seed(seed)  # model initialisation and dropout
+        self.config = dataclasses.replace(
+            model_config or PromptDTConfig(),
+            conditioning=self.strategy.conditioning, num_tasks=self.num_tasks,
+        )
+        self.model = PromptDT(self.config).to(self.device)
+        self._model_fn = torch.compile(self.model) if compile else self.model
+        self.sampler = TaskBatchSampler(
+            [datasets[t] for t in self.tasks], self.config.context_len, self.config.prompt_len,
+            batch_size, self.device, seed=seed + 1,
+        )
+        self.strategy_generator = torch.Generator(device=self.device)
+        self.strategy_generator.manual_seed(seed + 2)
+        soft = self.strategy.initial_masks(
+            self.num_tasks, self.model.mask_segments, self.model.maskable_flat(),
+            self.strategy_generator,
+        )
+        self.masks = None if soft is None else TaskMasks(
+            soft.to(self.device, torch.float32), self.model.mask_segments,
+            compute_dtype=torch.bfloat16 if self.autocast else torch.float32,
+        )
+        cuda = self.device.type == "cuda"
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=learning_rate, weight_decay=weight_decay,
+            **({"fused": True} if cuda else {"foreach": True}),
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, _LinearWarmup(warmup_steps))
+        self.step = 0
+        self.last_task_losses: torch.Tensor | None = None
+        self._loss_sum = torch.zeros((), device=self.device)
+        self._interval = (0, time.perf_counter())  # (steps, start time) since the last log
+        self._reference_task = 0
+
+    # ----------------------------------------------------------------- one step
+    @property
+    def sequences_per_step(self) -> int:
+        return self.num_tasks * self.batch_size
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast)
+
+    def loss_and_backward(self, batch: dict, capture: bool = False) -> torch.Tensor:
+        """Forward/backward one task-grouped batch; returns per-task losses (N,).
+
+        Leaves the gradient of mean_i L_i in ``.grad``; with ``capture`` also leaves
+        ``dL_i/dW_i`` for every task in ``self.masks.capture`` (N, P).
+        """
+        if capture:
+            self.masks.start_capture(scale=batch["states"].shape[0])
+        prompt = batch.get("prompt") if self.config.conditioning == "prompt" else None
+        with self._autocast():
+            pred = self._model_fn(
+                batch["states"], batch["actions"], batch["returns_to_go"], batch["timesteps"],
+                batch["attention_mask"], prompt=prompt, task_ids=batch["task_ids"],
+                masks=self.masks,
+            )
+        task_losses = masked_action_loss(pred, batch["actions"], batch["attention_mask"])
+        self.optimizer.zero_grad(set_to_none=True)
+        task_losses.mean().backward()
+        return task_losses.detach()
+
+    def train_step(self) -> dict | None:
+        """One optimiser step on all tasks; returns the mask metrics if masks were updated."""
+        update = self.masks is not None and self.strategy.wants_update(self.step)
+        batch = self.sampler.sample(with_prompt=self.config.conditioning == "prompt")
+        task_losses = self.loss_and_backward(batch, capture=update)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip, foreach=True)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.last_task_losses = task_losses
+        self._loss_sum += task_losses.mean()
+        metrics = None
+        if update:
+            grads = self.masks.capture
+            self.masks.stop_capture()
+            metrics = self.update_masks(grads, task_losses)
+        self.step += 1
+        return metrics
+
+    def update_masks(self, task_grads: torch.Tensor, task_losses: torch.Tensor) -> dict:
+        """Hand the captured per-task gradients to the strategy; refresh the cached masks."""
+        ctx = MaskUpdateContext(
+            step=self.step, total_steps=self.total_steps, masks=self.masks.soft,
+            task_grads=task_grads, task_losses=task_losses.float(),
+            theta=self.model.maskable_flat(), segments=self.model.mask_segments,
+            generator=self.strategy_generator,
+        )
+        extra = self.strategy.update(ctx)
+        self.masks.refresh()
+        return {"kind": "mask", "step": self.step,
+                **self.strategy.mask_metrics(self.masks.soft), **extra}
+
+    # ----------------------------------------------------------------- the loop
+    def train(self, until_step: int | None = None,
+              callback: Callable[[dict], None] | None = None) -> None:
+        """Train up to ``until_step`` (default: the end); call ``callback`` with metrics.
+
+        Metrics: every ``log_every`` steps {"kind": "train", "step", "loss" (mean over the
+        interval), "lr", "sequences_per_s"}; after each mask update {"kind": "mask", ...}.
+        A runner calls this in chunks to interleave evaluation and checkpoints.
+        """
+        until = self.total_steps if until_step is None else until_step
+        if until > self.total_steps:
+            raise ValueError(f"until_step={until} is past total_steps={self.total_steps}")
+        while self.step < until:
+            mask_metrics = self.train_step()
+            if callback is not None and mask_metrics is not None:
+                callback(mask_metrics)
+            if self.step % self.log_every == 0:
+                metrics = self._interval_metrics()
+                if callback is not None:
+                    callback(metrics)
+
+    def _interval_metrics(self) -> dict:
+        steps = self.step - self._interval[0]
+        loss = self._loss_sum.item() / max(steps, 1)  # the one sync per log interval
+        elapsed = time.perf_counter() - self._interval[1]
+        self._loss_sum.zero_()
+        self._interval = (self.step, time.perf_counter())
+        return {"kind": "train", "step": self.step, "loss": loss,
+                "lr": self.scheduler.get_last_lr()[0],
+                "sequences_per_s": steps * self.sequences_per_step / max(elapsed, 1e-9)}
+
+    # ---------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict:
+        rng = {"torch": torch.get_rng_state(), "sampler": self.sampler.state_dict(),
+               "strategy": self.strategy_generator.get_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {
+            "format": CHECKPOINT_FORMAT, "method": self.method, "tasks": self.tasks,
+            "model_config": dataclasses.asdict(self.config), "step": self.step,
+            "device_type": self.device.type, "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "masks": None if self.masks is None else self.masks.soft,
+            "strategy": self.strategy.state_dict(), "rng": rng,
+        }
+
+    def save_checkpoint(self, path: str | os.PathLike) -> None:
+        """Write atomically: a reader sees the old checkpoint or the new one, never half."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)
+
+    def load_checkpoint(self, path: str | os.PathLike) -> None:
+        """Restore everything, so training continues exactly where the checkpoint was made."""
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except (OSError, RuntimeError, EOFError) as err:
+            raise UserError(f"cannot read checkpoint {path}: {err}") from err
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise UserError(f"checkpoint {path} has format {state.get('format')!r}, "
+                            f"expected {CHECKPOINT_FORMAT}")
+        mine = {"method": self.method, "tasks": self.tasks,
+                "model_config": dataclasses.asdict(self.config)}
+        for key, value in mine.items():
+            if state[key] != value:
+                raise UserError(f"checkpoint {path} was made with {key}={state[key]!r}, "
+                                f"this run has {value!r}")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.masks is not None:
+            self.masks.soft.copy_(state["masks"])
+            self.masks.refresh()
+        self.strategy.load_state_dict(state["strategy"])
+        self.step = state["step"]
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"].cpu())
+        if state["device_type"] == self.device.type:
+            self.sampler.load_state_dict(rng["sampler"])
+            self.strategy_generator.set_state(rng["strategy"].cpu())
+            if "cuda" in rng:
+                torch.cuda.set_rng_state(rng["cuda"].cpu(), self.device)
+        else:
+            warnings.warn(f"checkpoint {path} was made on {state['device_type']}, not "
+                          f"{self.device.type}: random streams restart, training continues "
+                          "but not bit-for-bit", stacklevel=2)
+        self._loss_sum.zero_()
+        self._interval = (self.step, time.perf_counter())
+
+    # ------------------------------------------------- reference (benchmark)
+    def reference_step(self) -> float:
+        """One iteration shaped like the HarmoDT reference loop (benchmarking only).
+
+        Trains ONE task (round-robin) on ``batch_size`` sequences: copy the state dict,
+        write θ ⊙ M_i into the model, forward/backward in float32, clip, mask the gradient,
+        step, put the saved values back into the entries task i does not use, and read the
+        loss back to the host, as the reference does every iteration.
+        """
+        i = self._reference_task
+        self._reference_task = (i + 1) % self.num_tasks
+        batch = self.sampler.sample(tasks=self.sampler.all_tasks[i:i + 1],
+                                    with_prompt=self.config.conditioning == "prompt")
+        saved = copy.deepcopy(self.model.state_dict())
+        named = self.model.maskable_parameters()
+        row = None if self.masks is None else [
+            self.masks.soft[i, seg.offset:seg.stop].view(seg.shape) == 1
+            for seg in self.model.mask_segments
+        ]
+        if row is not None:
+            with torch.no_grad():
+                for (_, param), keep in zip(named, row):
+                    param.mul_(keep)
+        prompt = batch.get("prompt") if self.config.conditioning == "prompt" else None
+        pred = self.model(batch["states"], batch["actions"], batch["returns_to_go"],
+                          batch["timesteps"], batch["attention_mask"], prompt=prompt,
+                          task_ids=batch["task_ids"])
+        loss = masked_action_loss(pred, batch["actions"], batch["attention_mask"]).mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        if row is not None:
+            for (_, param), keep in zip(named, row):
+                param.grad.mul_(keep)
+        self.optimizer.step()
+        self.scheduler.step()
+        if row is not None:
+            with torch.no_grad():
+                for (name, param), keep in zip(named, row):
+                    param.copy_(torch.where(keep, param, saved[name]))
+        return loss.item()
+
+
+class _LinearWarmup:
+    """lr factor min((s + 1) / warmup, 1), as Decision Transformer / HarmoDT schedule it.
+
+    A class (not a lambda) so the scheduler's state dict stays picklable and small.
+    """
+
+    def __init__(self, warmup_steps: int):
+        self.warmup_steps = warmup_steps
+
+    def __call__(self, step: int) -> float:
+        return min((step + 1) / self.warmup_steps, 1.0)

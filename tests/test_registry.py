@@ -1,0 +1,121 @@
+"""A method is one registered class: defined here, it trains without touching core code."""
+
+import re
+
+import gin
+import pytest
+import torch
+
+from mtrl_bench import cli
+from mtrl_bench.data import ensure_suite_dataset
+from mtrl_bench.errors import UserError
+from mtrl_bench.model import PromptDTConfig
+from mtrl_bench.strategy import (
+    MaskStrategy,
+    build_strategy,
+    get_strategy_class,
+    register_strategy,
+)
+from mtrl_bench.trainer import Trainer
+
+
+@register_strategy("test-agreement")
+class AgreementMasks(MaskStrategy):
+    """Test method: soft-mask (0.5) every entry where g_i disagrees in sign with the mean."""
+
+    def __init__(self, update_interval: int = 3, soft_value: float = 0.5):
+        super().__init__(update_interval)
+        self.soft_value = soft_value
+        self.updates = 0
+
+    @property
+    def uses_masks(self) -> bool:
+        return True
+
+    def initial_masks(self, num_tasks, segments, theta, generator):
+        return torch.ones(num_tasks, segments[-1].stop, device=theta.device)
+
+    def update(self, ctx):
+        assert ctx.task_grads.shape == ctx.masks.shape and ctx.task_losses.shape == (2,)
+        disagree = ctx.task_grads * ctx.task_grads.mean(0) < 0
+        ctx.masks.copy_(torch.where(disagree, self.soft_value, 1.0))
+        self.updates += 1
+        return {"disagreeing": disagree.sum(1).tolist()}
+
+    def state_dict(self):
+        return {"updates": self.updates}
+
+    def load_state_dict(self, state):
+        self.updates = state["updates"]
+
+
+@register_strategy("test-agreement-hard")
+class HardAgreementMasks(AgreementMasks):
+    """Test method: the same with disagreeing entries dropped (0)."""
+
+    def __init__(self, update_interval: int = 3, soft_value: float = 0.0):
+        super().__init__(update_interval, soft_value)
+
+
+@pytest.fixture(autouse=True)
+def clean_gin():
+    yield
+    gin.clear_config()
+
+
+def test_a_strategy_defined_outside_the_package_trains(tmp_path):
+    datasets = ensure_suite_dataset(["reach-v3", "drawer-close-v3"], "near-optimal",
+                                    data_dir=tmp_path, episodes=3, episode_length=30,
+                                    workers=1, progress=False)
+    config = PromptDTConfig(n_layer=1, n_embd=16, n_head=2, n_inner=32, context_len=4,
+                            prompt_len=2)
+    trainer = Trainer(datasets, "test-agreement", total_steps=7, warmup_steps=1, device="cpu",
+                      model_config=config)
+    logged = []
+    trainer.train(callback=logged.append)
+    masks = [m for m in logged if m["kind"] == "mask"]
+    assert [m["step"] for m in masks] == [3, 6] and trainer.strategy.updates == 2
+    assert all(0 < d < trainer.model.num_maskable for m in masks for d in m["disagreeing"])
+    soft = trainer.masks.soft
+    assert set(soft.unique().tolist()) == {0.5, 1.0}
+    assert masks[-1]["sparsity"] == (soft < 1).float().mean(1).tolist()
+    assert torch.isfinite(trainer.last_task_losses).all()
+
+    trainer.save_checkpoint(tmp_path / "ckpt.pt")
+    again = Trainer(datasets, "test-agreement", total_steps=7, warmup_steps=1, device="cpu",
+                    model_config=config)
+    again.load_checkpoint(tmp_path / "ckpt.pt")
+    assert again.strategy.updates == 2 and torch.equal(again.masks.soft, soft)
+
+
+def test_duplicate_name_is_refused_loudly():
+    with pytest.raises(ValueError, match="'test-agreement' is already registered by .*Agreement"):
+        register_strategy("test-agreement")(type("Again", (MaskStrategy,), {}))
+    with pytest.raises(ValueError, match="'harmodt-f' is already registered"):
+        register_strategy("harmodt-f")(type("Again", (MaskStrategy,), {}))
+
+
+def test_unknown_method_lists_the_valid_ones():
+    with pytest.raises(UserError, match="unknown method 'nope'; valid: .*harmodt-f.*promptdt"):
+        get_strategy_class("nope")
+    with pytest.raises(UserError, match="unknown method 'nope'"):
+        Trainer({"reach-v3": None}, "nope", device="cpu")
+
+
+def test_gin_bindings_are_per_registered_name():
+    gin.parse_config("test_agreement.soft_value = 0.25\ntest_agreement.update_interval = 5")
+    assert build_strategy("test-agreement").soft_value == 0.25
+    assert build_strategy("test-agreement").update_interval == 5
+    hard = build_strategy("test-agreement-hard")  # a subclass: not bound by its parent's values
+    assert (hard.soft_value, hard.update_interval) == (0.0, 3)
+    assert build_strategy("test-agreement", soft_value=0.75).soft_value == 0.75
+    with pytest.raises(ValueError, match="doesn't have a parameter named 'typo'"):
+        gin.parse_config("test_agreement.typo = 1")
+
+
+def test_methods_command_lists_every_registered_method(capsys):
+    assert cli.main(["methods"]) == 0
+    out = capsys.readouterr().out
+    for name in ("harmodt-f", "harmodt-m", "harmodt-r", "mtdt", "promptdt"):
+        assert re.search(f"^{name} +\\S", out, re.M)
+    assert re.search(r"^test-agreement +Test method: soft-mask \(0\.5\) every entry", out, re.M)

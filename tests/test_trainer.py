@@ -1,0 +1,237 @@
+"""The batched trainer: sampling, masked gradients, learning, checkpoints, devices."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from mtrl_bench.data import ensure_suite_dataset
+from mtrl_bench.errors import UserError
+from mtrl_bench.model import PromptDTConfig
+from mtrl_bench.prompts import demonstration_indices, returns_to_go, state_normalizer
+from mtrl_bench.sampling import ACTION_PAD, RTG_SCALE, TaskBatchSampler
+from mtrl_bench.strategy import build_strategy, registered_strategies
+from mtrl_bench.trainer import Trainer, resolve_device
+
+TASKS = ["reach-v3", "button-press-v3"]
+TINY = dict(n_layer=2, n_embd=32, n_head=2, n_inner=64, dropout=0.0, context_len=8, prompt_len=3)
+BUILT_IN = [name for name, cls in registered_strategies().items()
+            if cls.__module__.startswith("mtrl_bench.methods.")]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and far faster when the CPU is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory):
+    """Real Meta-World episodes, tiny: 2 tasks x 6 episodes x 40 steps."""
+    return ensure_suite_dataset(TASKS, "near-optimal", data_dir=tmp_path_factory.mktemp("data"),
+                                episodes=6, episode_length=40, workers=1, progress=False)
+
+
+def _trainer(datasets, method, **kwargs):
+    config = PromptDTConfig(**{**TINY, **kwargs.pop("model", {})})
+    return Trainer(datasets, method, device="cpu", model_config=config, **kwargs)
+
+
+def _find_episode(states, reference):
+    """The one episode whose (normalised) states at the given steps equal ``states``."""
+    found = [e for e in range(reference.shape[0]) if np.allclose(reference[e], states)]
+    assert len(found) == 1
+    return found[0]
+
+
+def test_sampled_segments_are_real_left_padded_windows(datasets):
+    k, kp, b = 8, 3, 64
+    sampler = TaskBatchSampler([datasets[t] for t in TASKS], k, kp, b, seed=3)
+    batch = {key: value if key == "prompt" else value.numpy()
+             for key, value in sampler.sample().items()}
+    prompt = {key: value.numpy() for key, value in batch["prompt"].items()}
+    assert batch["states"].shape == (2, b, k, 39) and prompt["states"].shape == (2, b, kp, 39)
+    assert batch["task_ids"].tolist() == [0, 1]
+    padded = 0
+    for i, task in enumerate(TASKS):
+        ds = datasets[task]
+        mean, std = state_normalizer(ds.observations)
+        norm = (ds.observations - mean) / std
+        rtg = returns_to_go(ds.rewards) * RTG_SCALE
+        demos = set(demonstration_indices(ds.returns, ds.episode_success).tolist())
+        used_demos = set()
+        for j in range(b):
+            valid = batch["attention_mask"][i, j].astype(bool)
+            real = int(valid.sum())
+            assert real >= 1 and valid[k - real:].all()  # padding on the left only
+            t = batch["timesteps"][i, j, k - real:]
+            assert (np.diff(t) == 1).all() and t[-1] < ds.episode_length
+            assert real == k or t[-1] == ds.episode_length - 1  # short only at the episode end
+            e = _find_episode(batch["states"][i, j, k - real:], norm[:, t])
+            np.testing.assert_allclose(batch["actions"][i, j, k - real:], ds.actions[e, t])
+            np.testing.assert_allclose(batch["returns_to_go"][i, j, k - real:, 0], rtg[e, t],
+                                       rtol=1e-6)
+            pad = slice(0, k - real)
+            assert (batch["states"][i, j, pad] == 0).all()
+            assert (batch["actions"][i, j, pad] == ACTION_PAD).all()
+            assert (batch["timesteps"][i, j, pad] == 0).all()
+            padded += real < k
+            # prompt: a whole K'-step window of one of the task's demonstrations
+            assert prompt["attention_mask"][i, j].all()
+            tp = prompt["timesteps"][i, j]
+            assert (np.diff(tp) == 1).all() and tp[-1] < ds.episode_length
+            ep = _find_episode(prompt["states"][i, j], norm[:, tp])
+            np.testing.assert_allclose(prompt["actions"][i, j], ds.actions[ep, tp])
+            used_demos.add(ep)
+        assert used_demos <= demos and len(used_demos) > 1
+    assert padded > 0  # starts near the episode end do occur
+
+
+def test_sampler_is_seeded(datasets):
+    def draw(seed):
+        return TaskBatchSampler([datasets[t] for t in TASKS], 8, 3, 4, seed=seed).sample()
+
+    a, b, c = draw(1), draw(1), draw(2)
+    assert torch.equal(a["states"], b["states"]) and torch.equal(a["timesteps"], b["timesteps"])
+    assert not torch.equal(a["timesteps"], c["timesteps"])
+
+
+def test_batched_step_gradients_equal_per_task_loop(datasets):
+    """theta.grad == (1/N) sum_i dL_i/dW_i * M_i (soft masks), checked task by task."""
+    trainer = _trainer(datasets, "harmodt-f")
+    model, masks = trainer.model, trainer.masks
+    gen = torch.Generator().manual_seed(0)
+    soft = torch.rand(masks.soft.shape, generator=gen)
+    soft[soft > 0.3] = 1.0  # ~70% active, the rest soft values in (0, 0.3]
+    masks.soft.copy_(soft)
+    masks.refresh()
+    batch = trainer.sampler.sample()
+    losses = trainer.loss_and_backward(batch, capture=True)
+    captured = masks.capture
+    grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+
+    n = len(TASKS)
+    segments = dict(zip((name for name, _ in model.maskable_parameters()), model.mask_segments))
+    expected = {name: torch.zeros_like(p) for name, p in model.named_parameters()}
+    for i in range(n):
+        copy_i = copy.deepcopy(model)
+        with torch.no_grad():
+            for name, param in copy_i.maskable_parameters():
+                seg = segments[name]
+                param.mul_(masks.binary[i, seg.offset:seg.stop].view(seg.shape))
+        rows = {key: v[i:i + 1] for key, v in batch.items() if key not in ("prompt", "task_ids")}
+        pred = copy_i(**rows, prompt={key: v[i:i + 1] for key, v in batch["prompt"].items()})
+        valid = rows["attention_mask"][0]
+        loss = (((pred[0] - rows["actions"][0]) ** 2).sum(-1) * valid).sum() / (4 * valid.sum())
+        torch.testing.assert_close(loss, losses[i])
+        copy_i.zero_grad()
+        loss.backward()
+        for name, param in copy_i.named_parameters():
+            if name in segments:  # gradient w.r.t. task i's effective weights, scaled by M_i
+                seg = segments[name]
+                torch.testing.assert_close(captured[i, seg.offset:seg.stop].view(seg.shape),
+                                           param.grad, rtol=1e-4, atol=1e-7)
+                expected[name] += param.grad * soft[i, seg.offset:seg.stop].view(seg.shape) / n
+            else:
+                expected[name] += param.grad / n
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, expected[name], rtol=1e-4, atol=1e-7)
+
+
+def test_bf16_masked_path_matches_float32(datasets):
+    """The CUDA path (bf16 autocast, masks cached in bf16), run here under CPU autocast."""
+    trainer = _trainer(datasets, "harmodt-f")
+    soft = torch.rand(trainer.masks.soft.shape, generator=torch.Generator().manual_seed(1))
+    soft[soft > 0.3] = 1.0
+    trainer.masks.soft.copy_(soft)
+    trainer.masks.refresh()
+    batch = trainer.sampler.sample()
+
+    def run():
+        losses = trainer.loss_and_backward(batch, capture=True)
+        grad = torch.cat([p.grad.flatten() for p in trainer.model.parameters()])
+        return losses, grad, trainer.masks.capture
+
+    losses32, grad32, captured32 = run()
+    trainer.autocast = True
+    trainer.masks.set_compute_dtype(torch.bfloat16)
+    assert trainer.masks.binary.dtype == trainer.masks.grad_scale.dtype == torch.bfloat16
+    losses16, grad16, captured16 = run()
+    assert captured16.dtype == torch.float32 and grad16.dtype == torch.float32
+    torch.testing.assert_close(losses16, losses32, rtol=2e-2, atol=1e-3)
+    cos = torch.nn.functional.cosine_similarity
+    assert cos(grad16, grad32, dim=0) > 0.999
+    assert cos(captured16.flatten(), captured32.flatten(), dim=0) > 0.999
+
+
+@pytest.mark.parametrize("method", BUILT_IN)
+def test_tiny_model_overfits_tiny_dataset(datasets, method):
+    strategy = build_strategy(method, update_interval=25)
+    trainer = _trainer(datasets, method, strategy=strategy, total_steps=200, warmup_steps=10,
+                       batch_size=16, learning_rate=3e-3, log_every=50, model=dict(n_embd=64,
+                       n_inner=128))
+    trainer.train(1)
+    first = trainer.last_task_losses.mean().item()
+    logged = []
+    trainer.train(callback=logged.append)
+    train = [m for m in logged if m["kind"] == "train"]
+    assert [m["step"] for m in train] == [50, 100, 150, 200]
+    assert train[-1]["loss"] < first / 8, (first, [m["loss"] for m in train])  # ~10-14x
+    if trainer.masks is not None:
+        assert [m["step"] for m in logged if m["kind"] == "mask"] == list(range(25, 200, 25))
+
+
+def test_checkpoint_round_trip_continues_bit_for_bit(datasets, tmp_path):
+    def make():
+        strategy = build_strategy("harmodt-f", update_interval=2, k_max=500)
+        return _trainer(datasets, "harmodt-f", strategy=strategy, total_steps=10,
+                        warmup_steps=3, model=dict(dropout=0.1))
+
+    first = make()
+    first.train(5)
+    path = tmp_path / "checkpoint.pt"
+    first.save_checkpoint(path)
+    masks_at_save = first.masks.soft.clone()
+    first.train(10)
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temporary left
+
+    resumed = make()
+    resumed.load_checkpoint(path)
+    assert resumed.step == 5 and torch.equal(resumed.masks.soft, masks_at_save)
+    resumed.train(10)
+    assert not torch.equal(resumed.masks.soft, masks_at_save)  # updates happened after resume
+    assert torch.equal(resumed.masks.soft, first.masks.soft)
+    for (name, a), b in zip(first.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert torch.equal(resumed.last_task_losses, first.last_task_losses)
+    assert resumed.scheduler.get_last_lr() == first.scheduler.get_last_lr()
+
+    other = _trainer(datasets, "promptdt", total_steps=10)
+    with pytest.raises(UserError, match="method='harmodt-f'"):
+        other.load_checkpoint(path)
+
+
+def test_cuda_without_gpu_is_a_user_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match="no CUDA GPU"):
+        resolve_device("cuda")
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(UserError, match="valid: auto, cpu, cuda"):
+        resolve_device("tpu")
+
+
+def test_reference_step_updates_only_the_task_s_active_entries(datasets):
+    trainer = _trainer(datasets, "harmodt-f", warmup_steps=1)
+    before = trainer.model.maskable_flat()
+    others = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+    loss = trainer.reference_step()  # task 0
+    after = trainer.model.maskable_flat()
+    active = trainer.masks.soft[0] == 1
+    assert isinstance(loss, float)
+    assert torch.equal(after[~active], before[~active])
+    assert (after[active] != before[active]).float().mean() > 0.5
+    assert not torch.equal(trainer.model.embed_state.weight, others["embed_state.weight"])
