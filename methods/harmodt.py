@@ -25,9 +25,7 @@ import math
 
 import torch
 
-from mtrl_bench.mask_init import erk_random_masks
-from mtrl_bench.masking import MaskSegment
-from mtrl_bench.strategy import MaskStrategy, MaskUpdateContext, register_strategy
+from mtrl_bench.strategy import ERKMaskStrategy, MaskUpdateContext, register_strategy
 
 SCORE_TERMS = ("fisher", "magnitude", "none")
 
@@ -37,7 +35,7 @@ def prune_count(step: int, total_steps: int, k_max: int) -> int:
     return int(k_max - 0.5 * k_max * (1.0 + math.cos(2.0 * math.pi * step / total_steps)))
 
 
-class HarmoDT(MaskStrategy):
+class HarmoDT(ERKMaskStrategy):
     """HarmoDT: binary ERK masks, prune by harmony score + term, regrow by harmony score."""
 
     #: the extra prune-score term, one of SCORE_TERMS; each registered variant fixes its own
@@ -57,17 +55,9 @@ class HarmoDT(MaskStrategy):
         agreement_weight: float = 10.0,
     ):
         super().__init__(update_interval)
-        self.sparsity = sparsity
+        self.initial_sparsity = sparsity
         self.k_max = k_max
         self.agreement_weight = agreement_weight
-
-    @property
-    def uses_masks(self) -> bool:
-        return True
-
-    def initial_masks(self, num_tasks: int, segments: list[MaskSegment], theta: torch.Tensor,
-                      generator: torch.Generator) -> torch.Tensor:
-        return erk_random_masks(num_tasks, segments, self.sparsity, generator, theta.device)
 
     def _term(self, g: torch.Tensor, theta: torch.Tensor) -> torch.Tensor | float:
         if self.score_term == "fisher":

@@ -39,9 +39,7 @@ import math
 import torch
 
 from mtrl_bench.errors import UserError
-from mtrl_bench.mask_init import erk_random_masks
-from mtrl_bench.masking import MaskSegment
-from mtrl_bench.strategy import MaskStrategy, MaskUpdateContext, register_strategy
+from mtrl_bench.strategy import ERKMaskStrategy, MaskUpdateContext, register_strategy
 
 #: largest float32 below 1: the cap on soft values, so a conflicting entry never stays active
 BELOW_ONE = float(torch.nextafter(torch.tensor(1.0), torch.tensor(0.0)))
@@ -180,7 +178,7 @@ def _histogram(scores: torch.Tensor, q_low: torch.Tensor, iqr: torch.Tensor) -> 
 
 
 @register_strategy("socodt")
-class SoCoDT(MaskStrategy):
+class SoCoDT(ERKMaskStrategy):
     """SoCo-DT: Fisher-weighted soft masks updated by TAMU (IQR thresholds, cosine β_t).
 
     Defaults are the paper's Fig. 5 values (``configs/methods/socodt.gin`` cites each and
@@ -223,17 +221,6 @@ class SoCoDT(MaskStrategy):
         self.q3 = q3
         self.fisher_weight = fisher_weight
         self.log_fisher = log_fisher
-
-    @property
-    def uses_masks(self) -> bool:
-        return True
-
-    def initial_masks(
-        self, num_tasks: int, segments: list[MaskSegment], theta: torch.Tensor,
-        generator: torch.Generator,
-    ) -> torch.Tensor:
-        return erk_random_masks(num_tasks, segments, self.initial_sparsity, generator,
-                                device=theta.device)
 
     def beta(self, step: int, total_steps: int) -> float:
         return beta_schedule(step, total_steps, self.beta_left_max, self.beta_min,

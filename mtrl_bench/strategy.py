@@ -18,6 +18,7 @@ import gin
 import torch
 
 from mtrl_bench.errors import UserError
+from mtrl_bench.mask_init import erk_random_masks
 from mtrl_bench.masking import MaskSegment
 
 _REGISTRY: dict[str, type[MaskStrategy]] = {}
@@ -140,3 +141,21 @@ class MaskStrategy:
             "sparsity": (count.float() / masks.shape[1]).tolist(),
             "mean_soft_value": (soft_sum / count.clamp(min=1)).tolist(),
         }
+
+
+class ERKMaskStrategy(MaskStrategy):
+    """Base for methods that start from an independent random ERK mask per task at
+    ``initial_sparsity`` (HarmoDT, SoCo-DT)."""
+
+    initial_sparsity: float = 0.2
+
+    @property
+    def uses_masks(self) -> bool:
+        return True
+
+    def initial_masks(
+        self, num_tasks: int, segments: list[MaskSegment], theta: torch.Tensor,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        return erk_random_masks(num_tasks, segments, self.initial_sparsity, generator,
+                                device=theta.device)
