@@ -178,11 +178,16 @@ def fdr_adjust(pvalues: list[float | None]) -> list[float | None]:
 
 
 def best_method(scores: dict[str, np.ndarray], candidates) -> str | None:
-    """The candidate with the highest mean of per-run means (first one on ties)."""
+    """The candidate with the highest mean of per-run means (first one on ties).
+
+    Candidates with at least 2 runs come first: a single-run candidate would make every
+    test against it undefined, so it is the reference only when no candidate has 2 runs."""
     present = [name for name in candidates if name in scores]
-    if not present:
+    testable = [name for name in present if _as_scores(scores[name]).shape[0] >= 2]
+    pool = testable or present
+    if not pool:
         return None
-    return max(present, key=lambda name: summarize(scores[name]).mean)
+    return max(pool, key=lambda name: summarize(scores[name]).mean)
 
 
 @dataclass(frozen=True)

@@ -93,6 +93,10 @@ def test_compare_against_best_baseline():
     }
     assert stats.best_method(scores, ["promptdt", "harmodt-f", "mtdt"]) == "harmodt-f"
     assert stats.best_method(scores, ["mtdt"]) is None
+    # a single-seed baseline with a higher mean is not the reference while a testable one exists
+    one_seed = {**scores, "harmodt-m": np.array([[0.7, 0.7]])}
+    assert stats.best_method(one_seed, ["promptdt", "harmodt-f", "harmodt-m"]) == "harmodt-f"
+    assert stats.best_method(one_seed, ["harmodt-m"]) == "harmodt-m"
     comparison = stats.compare(scores, "socodt", "harmodt-f", n_resamples=RESAMPLES)
     assert (comparison.n_method, comparison.n_baseline) == (3, 3)
     assert comparison.diff.estimate == pytest.approx(0.85 - 0.55)
