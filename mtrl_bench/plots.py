@@ -222,14 +222,16 @@ def build_plots(runs_dir: Path, out: Path) -> tuple[list[Path], list[str]]:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--results-dir", default=None,
+                        help="results root (default ./results or $MTRL_BENCH_RESULTS_DIR)")
     parser.add_argument("--runs", type=Path, default=None,
-                        help="folder of run directories (default: results/runs)")
+                        help="folder of run directories (default: <results-dir>/runs)")
     parser.add_argument("--out", type=Path, default=None,
-                        help="where to write the PNGs (default: results/figures)")
+                        help="where to write the PNGs (default: <results-dir>/figures)")
 
 
 def run_command(args: argparse.Namespace) -> int:
-    results = results_dir()
+    results = results_dir(args.results_dir)
     out = args.out or results / "figures"
     files, skipped = build_plots(args.runs or results / "runs", out)
     for message in skipped:

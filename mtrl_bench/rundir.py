@@ -35,6 +35,19 @@ def is_finished(path: Path) -> bool:
         return False
 
 
+def settings_difference(old: dict, new: dict, limit: int = 3) -> str:
+    """'Run.episodes: 30 -> 2000, ...': the first ``limit`` bindings that differ between two
+    meta.json "settings" records ({part: {"Scope.param": value}})."""
+    flat_old = {k: v for part in old.values() for k, v in part.items()}
+    flat_new = {k: v for part in new.values() for k, v in part.items()}
+    keys = sorted(k for k in flat_old.keys() | flat_new.keys()
+                  if flat_old.get(k) != flat_new.get(k))
+    shown = [f"{k}: {flat_old.get(k, 'unset')} -> {flat_new.get(k, 'unset')}"
+             for k in keys[:limit]]
+    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+    return ", ".join(shown) + more
+
+
 class MetricsLog:
     """metrics.jsonl: one JSON record per line, each with "kind" and "step".
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import importlib
 import logging
@@ -26,7 +27,7 @@ import gin
 
 from mtrl_bench.errors import UserError
 from mtrl_bench.io import atomic_write_json, atomic_write_text, read_json
-from mtrl_bench.rundir import MetricsLog, is_finished, run_dir
+from mtrl_bench.rundir import MetricsLog, is_finished, run_dir, settings_difference
 
 CONFIG_DIR = Path(importlib.import_module("mtrl_bench.configs").__file__).parent
 PRESETS = ("quick", "paper", "tiny")
@@ -76,6 +77,7 @@ def parse_gin(method: str, preset: str, gin_files: list[str], bindings: list[str
         if not Path(name).exists():
             raise UserError(f"gin file {name!r} does not exist")
         files.append(Path(name))
+    _import_configurables()
     gin.clear_config()
     gin.add_config_file_search_path(str(CONFIG_DIR))
     # gin logs "Path not found" for every include before it tries the search path
@@ -91,9 +93,107 @@ def parse_gin(method: str, preset: str, gin_files: list[str], bindings: list[str
         logging.getLogger().removeFilter(quiet)
 
 
+def _import_configurables() -> None:
+    """Gin only knows a configurable once its module is imported."""
+    import mtrl_bench.evaluation  # noqa: F401  (Evaluator)
+    import mtrl_bench.trainer  # noqa: F401  (Trainer, PromptDTConfig)
+    from mtrl_bench.strategy import registered_strategies
+
+    registered_strategies()
+
+
 class _DropGinPathNotFound(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return not record.getMessage().startswith("Path not found:")
+
+
+#: bindings that change how a run is carried out but not what it computes: they may differ
+#: between a run and its resume, and between runs of one table cell
+NOT_PROTOCOL = ("Run.seed", "Run.checkpoint_every_steps", "Trainer.log_every",
+                "Trainer.compile", "Evaluator.workers", "Evaluator.max_envs")
+#: configurables whose bindings define the shared protocol (everything but the method)
+PROTOCOL_SCOPES = ("Run", "Trainer", "PromptDTConfig", "Evaluator")
+
+
+def _operative_bindings() -> dict[str, str]:
+    """Every parsed binding as {"Scope.param": value text}, macros (%NAME) resolved."""
+    entries: list[list[str]] = []
+    for line in gin.config_str().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        if line[0].isspace() and entries:  # continuation of a multi-line value
+            entries[-1][1] += " " + line.strip()
+        elif " = " in line:
+            entries.append(line.split(" = ", 1))
+    macros = {key: value for key, value in entries if "." not in key}
+    return {key: " ".join(macros.get(value.lstrip("%"), value).split()) if value.startswith("%")
+            else " ".join(value.split()) for key, value in entries if "." in key}
+
+
+def run_settings(method: str) -> dict[str, dict[str, str]]:
+    """What a run computes: the shared protocol and the method's own parameters.
+
+    Stored in meta.json; a finished run, a checkpoint or a table cell is only reused or
+    combined with runs whose settings match (``Run.seed`` and the bindings in
+    NOT_PROTOCOL aside)."""
+    from mtrl_bench.strategy import gin_name
+
+    bindings = _operative_bindings()
+    own = gin_name(method) + "."
+    return {
+        "protocol": {k: v for k, v in sorted(bindings.items())
+                     if k.split(".")[0] in PROTOCOL_SCOPES and k not in NOT_PROTOCOL},
+        "method": {k: v for k, v in sorted(bindings.items()) if k.startswith(own)},
+    }
+
+
+def _check_run_config(cfg: RunConfig) -> None:
+    """Gin accepts any literal: refuse a wrongly typed or non-positive Run.* value early."""
+    for f in dataclasses.fields(cfg):
+        value, expected = getattr(cfg, f.name), type(f.default)
+        if type(value) is not expected:
+            raise UserError(f"Run.{f.name} must be {expected.__name__}, got {value!r}")
+        if expected is int and not f.name.endswith("seed") and value < 1:
+            raise UserError(f"Run.{f.name} must be >= 1, got {value}")
+
+
+@dataclass
+class RunPlan:
+    """One configured run: what it trains on, where its directory is, what it computes."""
+
+    method: str
+    preset: str
+    cfg: RunConfig
+    tasks: list[str]
+    path: Path
+    settings: dict[str, dict[str, str]]
+
+    def check_reusable(self, what: str) -> None:
+        """Refuse to skip to, or resume, a run directory made with other settings."""
+        recorded = read_json(self.path / "meta.json").get("settings")
+        if recorded is not None and recorded != self.settings:
+            raise UserError(
+                f"{self.path} holds {what} made with other settings "
+                f"({settings_difference(recorded, self.settings)}); use --force to replace "
+                "it, or another --results-dir")
+
+
+def plan_run(method: str, preset: str = "paper", gin_files=(), bindings=(),
+             results=None) -> RunPlan:
+    """Parse the configuration of one run (gin is global: one run per process)."""
+    from mtrl_bench.data import QUALITIES
+    from mtrl_bench.strategy import get_strategy_class
+    from mtrl_bench.suites import resolve_suite
+
+    get_strategy_class(method)
+    parse_gin(method, preset, list(gin_files), list(bindings))
+    cfg = RunConfig()
+    _check_run_config(cfg)
+    tasks = resolve_suite(cfg.suite)
+    if cfg.quality not in QUALITIES:
+        raise UserError(f"unknown quality {cfg.quality!r}; valid: {', '.join(QUALITIES)}")
+    path = run_dir(results, cfg.suite, cfg.quality, method, cfg.seed)
+    return RunPlan(method, preset, cfg, tasks, path, run_settings(method))
 
 
 def _git_commit() -> str | None:
@@ -189,21 +289,16 @@ def run(method: str, preset: str = "paper", *, gin_files=(), bindings=(), device
     import torch
     from tqdm import tqdm
 
-    from mtrl_bench.data import QUALITIES, ensure_suite_dataset
+    from mtrl_bench.data import ensure_suite_dataset
     from mtrl_bench.evaluation import DecisionTransformerAgent, Evaluator
-    from mtrl_bench.strategy import build_strategy, get_strategy_class
-    from mtrl_bench.suites import resolve_suite
+    from mtrl_bench.strategy import build_strategy
     from mtrl_bench.trainer import Trainer, resolve_device
 
-    get_strategy_class(method)
+    plan = plan_run(method, preset, gin_files, bindings, results)
+    cfg, tasks, path = plan.cfg, plan.tasks, plan.path
     resolve_device(device)  # fail before any data is generated
-    parse_gin(method, preset, list(gin_files), list(bindings))
-    cfg = RunConfig()
-    tasks = resolve_suite(cfg.suite)
-    if cfg.quality not in QUALITIES:
-        raise UserError(f"unknown quality {cfg.quality!r}; valid: {', '.join(QUALITIES)}")
-    path = run_dir(results, cfg.suite, cfg.quality, method, cfg.seed)
     if is_finished(path) and not force:
+        plan.check_reusable("a finished run")
         print(f"run {path} is already finished (use --force to redo it)")
         final = read_json(path / "final.json")
         print(_summary(final["tasks"], final["final"], final["best"],
@@ -236,6 +331,7 @@ def run(method: str, preset: str = "paper", *, gin_files=(), bindings=(), device
     meta_path = path / "meta.json"
     meta = read_json(meta_path) if meta_path.exists() else {}
     if checkpoint.exists():
+        plan.check_reusable("the checkpoint of an unfinished run")
         trainer.load_checkpoint(checkpoint)
         print(f"resuming {path} from step {trainer.step}/{total_steps}")
     metrics.truncate_after(trainer.step)
@@ -245,7 +341,9 @@ def run(method: str, preset: str = "paper", *, gin_files=(), bindings=(), device
         "versions": _versions(), "device": _device_name(trainer.device), "status": "running",
         "started": meta.get("started") or datetime.datetime.now().isoformat(timespec="seconds"),
         "total_steps": total_steps, "sequences_per_step": trainer.sequences_per_step,
+        "settings": plan.settings,
     })
+    earlier_wall = meta.get("wall_time_s", 0.0)  # sessions before a resume, to their checkpoint
     atomic_write_json(meta_path, meta)
     atomic_write_text(path / "config.gin", gin.config_str())
     wandb = _Wandb(wandb_mode, path, f"{cfg.suite}/{cfg.quality}/{method}/seed{cfg.seed}",
@@ -281,6 +379,8 @@ def run(method: str, preset: str = "paper", *, gin_files=(), bindings=(), device
                 record(result.metrics_record(trainer.step))
                 bar.set_postfix(success=f"{100 * result.mean_success:.1f}%")
             trainer.save_checkpoint(checkpoint)
+            meta["wall_time_s"] = earlier_wall + time.perf_counter() - started
+            atomic_write_json(meta_path, meta)
         bar.close()
         if progress:
             print(f"final evaluation: {n} tasks x {cfg.final_eval_goals} goals")
@@ -297,7 +397,7 @@ def run(method: str, preset: str = "paper", *, gin_files=(), bindings=(), device
         "best": {**best, "label": "best over evaluations (chosen on the evaluation episodes)"},
     })
     atomic_write_text(path / "config.gin", gin.operative_config_str())
-    wall = meta.get("wall_time_s", 0.0) + time.perf_counter() - started
+    wall = earlier_wall + time.perf_counter() - started
     meta.update({"status": "finished", "wall_time_s": wall,
                  "finished": datetime.datetime.now().isoformat(timespec="seconds")})
     atomic_write_json(meta_path, meta)
@@ -328,13 +428,27 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true")
 
 
-def run_command(args: argparse.Namespace) -> int:
+def _bindings(args: argparse.Namespace) -> list[str]:
+    """--gin_binding values, then --suite/--quality/--seed as Run.* bindings (they win)."""
     bindings = list(args.gin_binding)
-    for flag, field in (("suite", "suite"), ("quality", "quality"), ("seed", "seed")):
-        value = getattr(args, flag)
+    for field in ("suite", "quality", "seed"):
+        value = getattr(args, field)
         if value is not None:
             bindings.append(f"Run.{field} = {value!r}")
-    run(args.method, args.preset, gin_files=args.gin_file, bindings=bindings,
+    return bindings
+
+
+def plan_from_argv(argv: list[str]) -> tuple[RunPlan, argparse.Namespace]:
+    """The plan of ``mtrl-bench run ARGV`` without running it (what a sweep checks)."""
+    parser = argparse.ArgumentParser(prog="mtrl-bench run")
+    configure_parser(parser)
+    args = parser.parse_args(argv)
+    plan = plan_run(args.method, args.preset, args.gin_file, _bindings(args), args.results_dir)
+    return plan, args
+
+
+def run_command(args: argparse.Namespace) -> int:
+    run(args.method, args.preset, gin_files=args.gin_file, bindings=_bindings(args),
         device=args.device, results=args.results_dir, data_dir=args.data_dir, force=args.force,
         wandb_mode=args.wandb, progress=not args.no_progress)
     return 0

@@ -10,13 +10,14 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import queue
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from mtrl_bench.errors import UserError
-from mtrl_bench.rundir import is_finished, run_dir
+from mtrl_bench.rundir import is_finished
 
 
 @dataclass(frozen=True)
@@ -63,29 +64,41 @@ def _run_one(spec: RunSpec, env: dict[str, str] | None = None) -> tuple[str, int
 
 
 def _visible_gpus() -> list[str]:
+    """The GPUs this process may use, as ids for CUDA_VISIBLE_DEVICES (honouring it)."""
     try:
         import torch
 
-        return [str(i) for i in range(torch.cuda.device_count())]
+        count = torch.cuda.device_count()
     except ImportError:
         return []
+    inherited = [g.strip() for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
+                 if g.strip()]
+    return inherited[:count] if inherited else [str(i) for i in range(count)]
 
 
 def run_local(specs: list[RunSpec], parallel: int | None = None) -> dict[str, int]:
-    """Run specs as subprocesses, ``parallel`` at a time (default: one per GPU, else one),
-    each pinned to one GPU when several are visible."""
+    """Run specs as subprocesses, ``parallel`` at a time (default: one per GPU, else one).
+
+    With several GPUs each run takes a free one from a pool and gives it back when it ends,
+    so runs of different lengths never share a GPU while another idles."""
     gpus = _visible_gpus()
     parallel = parallel or max(1, len(gpus))
+    free: queue.Queue[str] = queue.Queue()
+    for i in range(parallel):
+        free.put(gpus[i % len(gpus)] if gpus else "")
 
-    def launch(indexed):
-        index, spec = indexed
-        env = dict(os.environ)
-        if len(gpus) > 1:
-            env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
-        return _run_one(spec, env)
+    def launch(spec):
+        gpu = free.get()
+        try:
+            env = dict(os.environ)
+            if len(gpus) > 1:
+                env["CUDA_VISIBLE_DEVICES"] = gpu
+            return _run_one(spec, env)
+        finally:
+            free.put(gpu)
 
     with ThreadPoolExecutor(max_workers=parallel) as pool:
-        return dict(pool.map(launch, enumerate(specs)))
+        return dict(pool.map(launch, specs))
 
 
 def run_ray(specs: list[RunSpec], address: str | None, gpus_per_run: float) -> dict[str, int]:
@@ -120,23 +133,55 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="after '--': extra arguments for every `mtrl-bench run`")
 
 
+def _prepare_datasets(plans: list, data_dir: str | None) -> None:
+    """Generate each missing dataset once here, before runs that share it start in parallel
+    (each would otherwise generate it with every core at the same time)."""
+    from mtrl_bench.data import generate_suite_dataset
+
+    done = set()
+    for plan in plans:
+        cfg = plan.cfg
+        key = (tuple(plan.tasks), cfg.quality, cfg.episodes, cfg.dataset_seed, cfg.episode_length)
+        if key not in done:
+            done.add(key)
+            generate_suite_dataset(plan.tasks, cfg.quality, data_dir=data_dir,
+                                   episodes=cfg.episodes, seed=cfg.dataset_seed,
+                                   episode_length=cfg.episode_length)
+
+
 def run_command(args: argparse.Namespace) -> int:
+    from mtrl_bench.runner import plan_from_argv
+
     extra = [a for a in args.run_args if a != "--"]
     if args.results_dir:
         extra += ["--results-dir", args.results_dir]
     specs = build_grid(args.methods, args.suites, args.qualities, args.seeds, extra)
-    todo = [s for s in specs
-            if not is_finished(run_dir(args.results_dir, s.suite, s.quality, s.method, s.seed))]
+    todo, plans, conflicts = [], [], []
+    for spec in specs:
+        plan, run_args = plan_from_argv(spec.command()[4:])
+        if is_finished(plan.path) and not run_args.force:
+            try:
+                plan.check_reusable("a finished run")
+            except UserError as err:
+                conflicts.append(str(err))
+            continue
+        todo.append(spec)
+        plans.append(plan)
+    if conflicts:
+        raise UserError(f"{len(conflicts)} finished run(s) of this grid were made with other "
+                        f"settings, e.g. {conflicts[0]} (pass --force after -- to redo them)")
     print(f"sweep: {len(specs)} runs, {len(specs) - len(todo)} already finished, "
           f"{len(todo)} to run ({args.executor})")
     if args.dry_run:
         for spec in todo:
-            print("  " + " ".join(spec.command()[2:]))
+            print("  mtrl-bench " + " ".join(spec.command()[3:]))
         return 0
     if args.executor == "ray":
         gpus = args.gpus_per_run if args.gpus_per_run is not None else float(bool(_visible_gpus()))
         codes = run_ray(todo, args.address, gpus)
     else:
+        if todo:
+            _prepare_datasets(plans, run_args.data_dir)
         codes = run_local(todo, args.parallel)
     failed = {label: code for label, code in codes.items() if code != 0}
     for label, code in failed.items():

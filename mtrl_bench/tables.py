@@ -21,7 +21,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import io
+import json
 import math
+import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +33,7 @@ import numpy as np
 from mtrl_bench import stats
 from mtrl_bench.errors import UserError
 from mtrl_bench.io import atomic_write_text, read_json
-from mtrl_bench.rundir import results_dir
+from mtrl_bench.rundir import results_dir, settings_difference
 
 # Display order; methods not listed follow alphabetically.
 METHOD_ORDER = (
@@ -47,6 +50,7 @@ ABLATIONS = (
 )
 ABLATION_ONLY = frozenset(name for name, _ in ABLATIONS if name != "socodt")
 ALPHA = 0.05
+SEED_DIR = re.compile(r"seed\d+")
 METRIC_LABELS = {
     "final": "final checkpoint",
     "best": "best over evaluations (HarmoDT's max over evaluations; not the headline)",
@@ -69,6 +73,12 @@ class Run:
     reason: str = ""
     results: dict | None = None
     tasks: list[str] = field(default_factory=list)
+    settings: dict | None = None  # meta.json "settings": {"protocol": ..., "method": ...}
+
+    @property
+    def protocol(self) -> dict:
+        """The shared protocol (budget, model, data, evaluation); {} if not recorded."""
+        return (self.settings or {}).get("protocol", {})
 
     def label(self) -> str:
         seed = "?" if self.seed is None else self.seed
@@ -87,6 +97,7 @@ def _load_run(path: Path) -> Run:
         run.quality = str(meta.get("quality", quality))
         run.seed = int(meta.get("seed", run.seed))
         run.tasks = [str(task) for task in meta.get("tasks", [])]
+        run.settings = meta.get("settings")
     except (OSError, ValueError, TypeError, AttributeError) as err:
         run.reason = f"meta.json unreadable ({type(err).__name__})"
         return run
@@ -107,7 +118,8 @@ def _load_run(path: Path) -> Run:
 
 def scan_runs(runs_dir: Path) -> list[Run]:
     """Every run directory under ``runs_dir``, finished or not."""
-    return [_load_run(p) for p in sorted(Path(runs_dir).glob("*/*/*/seed*")) if p.is_dir()]
+    return [_load_run(p) for p in sorted(Path(runs_dir).glob("*/*/*/seed*"))
+            if p.is_dir() and SEED_DIR.fullmatch(p.name)]  # not seed0.bak, seed0-old, ...
 
 
 def method_key(name: str):
@@ -152,19 +164,38 @@ def _scores(run: Run, metric: str) -> tuple[list[str], np.ndarray, np.ndarray]:
     return tasks, success, returns
 
 
+def _cell_protocols(runs: list[Run]) -> dict[tuple[str, str], dict]:
+    """Per (suite, quality) the protocol most of its runs share (ties: the first in a fixed
+    order); runs with another one (a different preset, budget, model...) are left out of
+    the cell rather than averaged with it."""
+    counts = Counter((r.suite, r.quality, json.dumps(r.protocol, sort_keys=True))
+                     for r in runs)
+    chosen: dict[tuple[str, str], dict] = {}
+    for (suite, quality, protocol), _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        chosen.setdefault((suite, quality), json.loads(protocol))
+    return chosen
+
+
 def collect_cells(runs: list[Run], metric: str) -> tuple[dict[tuple[str, str], CellData], list]:
     """Group finished runs by (suite, quality); runs whose final.json cannot be used are
     returned as (run, reason) instead of being dropped silently."""
     rows: dict[tuple[str, str], dict[str, list]] = {}
     rejected = []
     cells: dict[tuple[str, str], CellData] = {}
-    for run in sorted((r for r in runs if r.status == "finished"), key=lambda r: (r.seed or 0)):
+    finished = sorted((r for r in runs if r.status == "finished"), key=lambda r: (r.seed or 0))
+    protocols = _cell_protocols(finished)
+    for run in finished:
+        key = (run.suite, run.quality)
+        if run.protocol != protocols[key]:
+            difference = settings_difference({"": protocols[key]}, {"": run.protocol})
+            rejected.append((run, f"made with another protocol than the other runs of its "
+                                  f"suite and dataset ({difference})"))
+            continue
         try:
             tasks, success, returns = _scores(run, metric)
         except (KeyError, TypeError, ValueError) as err:
             rejected.append((run, f"final.json has no usable {metric!r} scores ({err})"))
             continue
-        key = (run.suite, run.quality)
         cell = cells.setdefault(key, CellData(run.suite, run.quality, tasks))
         if sorted(tasks) != sorted(cell.tasks):
             rejected.append((run, "its task list differs from other runs of the same suite"))
@@ -636,10 +667,12 @@ def build_tables(runs_dir: Path, out: Path, settings: Settings) -> tuple[str, li
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--results-dir", default=None,
+                        help="results root (default ./results or $MTRL_BENCH_RESULTS_DIR)")
     parser.add_argument("--runs", type=Path, default=None,
-                        help="folder of run directories (default: results/runs)")
+                        help="folder of run directories (default: <results-dir>/runs)")
     parser.add_argument("--out", type=Path, default=None,
-                        help="where to write the tables (default: results/tables)")
+                        help="where to write the tables (default: <results-dir>/tables)")
     parser.add_argument("--metric", choices=("final", "best"), default="final",
                         help="final checkpoint (headline; table1_best is written alongside) "
                              "or best over evaluations for every table")
@@ -653,7 +686,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def run_command(args: argparse.Namespace) -> int:
     if args.resamples < 100:
         raise UserError(f"--resamples must be at least 100, got {args.resamples}")
-    results = results_dir()
+    results = results_dir(args.results_dir)
     runs_dir = args.runs or results / "runs"
     out = args.out or results / "tables"
     settings = Settings(args.metric, tuple(args.baselines) if args.baselines else None,

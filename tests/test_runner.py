@@ -61,6 +61,14 @@ def test_end_to_end_run_writes_a_complete_run_directory(dirs, capsys):
     assert _cli(dirs, "--method", "socodt") == 0
     assert (path / "final.json").stat().st_mtime_ns == mtime
     assert "already finished" in capsys.readouterr().out
+    # ... also when only how it is carried out changes, not what it computes
+    assert _cli(dirs, "--method", "socodt", "--gin_binding", "Trainer.log_every = 7") == 0
+    assert "already finished" in capsys.readouterr().out
+    # but a run with other settings is not passed off as this one
+    assert _cli(dirs, "--method", "socodt", "--gin_binding", "SOCODT_ALPHA = 5.0") == 2
+    err = capsys.readouterr().err.strip()
+    assert "holds a finished run made with other settings (socodt.alpha: 20.0 -> 5.0)" in err
+    assert len(err.splitlines()) == 1 and (path / "final.json").stat().st_mtime_ns == mtime
 
 
 def test_killed_run_resumes_to_the_same_result(dirs):
@@ -76,8 +84,14 @@ def test_killed_run_resumes_to_the_same_result(dirs):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert (path / "checkpoint.pt").exists() and not is_finished(path)
+    killed_wall = json.loads((path / "meta.json").read_text())["wall_time_s"]
+    other = subprocess.run([*args, "--seed", "2", "--gin_binding", "Run.batch_size = 2"],
+                           env=env, capture_output=True, text=True)
+    assert other.returncode == 2 and "checkpoint of an unfinished run made with other " \
+        "settings (Run.batch_size: 4 -> 2" in other.stderr
     subprocess.run([*args, "--seed", "2"], env=env, check=True, capture_output=True)
     resumed = _final(path)
+    assert json.loads((path / "meta.json").read_text())["wall_time_s"] > killed_wall > 0
     steps = [r["step"] for r in MetricsLog(path / "metrics.jsonl").records()]
     assert steps == sorted(steps), "the resume left records of lost work in metrics.jsonl"
     subprocess.run([*args, "--seed", "2", "--force"], env=env, check=True, capture_output=True)
@@ -90,6 +104,9 @@ def test_killed_run_resumes_to_the_same_result(dirs):
     (["--method", "socodt", "--quality", "great"], "unknown quality 'great'; valid: "),
     (["--method", "socodt", "--gin_binding", "Nope.x = 1"], "bad gin configuration: "),
     (["--method", "socodt", "--preset", "huge"], "unknown preset 'huge'; valid: "),
+    (["--method", "socodt", "--gin_binding", "Run.seed = 'a'"], "Run.seed must be int, got 'a'"),
+    (["--method", "socodt", "--gin_binding", "Run.batch_size = 0"],
+     "Run.batch_size must be >= 1, got 0"),
     (["--method", "socodt", "--device", "cuda"], "no CUDA GPU is available"),
 ])
 def test_bad_input_gives_one_line_errors(dirs, capsys, args, message):

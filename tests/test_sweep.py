@@ -30,6 +30,38 @@ def test_local_sweep_runs_the_grid_and_skips_finished_runs(tmp_path, data_dir, c
     assert "2 succeeded, 0 failed" in capsys.readouterr().out
     assert main(argv) == 0
     assert "2 already finished, 0 to run" in capsys.readouterr().out
+    # finished runs made with other settings are not skipped as if they were this grid's
+    assert main([*argv, "--gin_binding", "Run.budget_sequences = 80"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "2 finished run(s) of this grid were made with other settings" in err
+    assert "Run.budget_sequences: 160 -> 80" in err and len(err.splitlines()) == 1
+
+
+def test_local_executor_never_puts_two_runs_on_one_gpu(monkeypatch):
+    """Runs of unequal length each take a free GPU from the visible ones and give it back."""
+    import threading
+    import time
+
+    from mtrl_bench import sweep
+
+    lock, busy, seen = threading.Lock(), set(), []
+
+    def fake_run(spec, env):
+        gpu = env["CUDA_VISIBLE_DEVICES"]
+        with lock:
+            assert gpu not in busy, f"{spec.label} got GPU {gpu}, already in use"
+            busy.add(gpu)
+            seen.append(gpu)
+        time.sleep(0.05 if spec.seed % 3 else 0.2)
+        with lock:
+            busy.remove(gpu)
+        return spec.label, 0
+
+    monkeypatch.setattr(sweep, "_visible_gpus", lambda: ["4", "6"])
+    monkeypatch.setattr(sweep, "_run_one", fake_run)
+    specs = [sweep.RunSpec("promptdt", "mt5", "near-optimal", seed) for seed in range(8)]
+    codes = sweep.run_local(specs)
+    assert len(codes) == 8 and set(seen) == {"4", "6"}
 
 
 def test_ray_executor_runs_on_a_real_local_ray_instance(tmp_path, data_dir):

@@ -19,12 +19,13 @@ RESAMPLES = "200"
 
 
 def write_run(root, method, quality, seed, success, returns, *, best_offset=0.05,
-              status="finished", final=True, suite="mt5"):
+              status="finished", final=True, suite="mt5", budget=16000, folder=None):
     """A run directory in the runner's contract format (meta.json, final.json)."""
-    path = root / suite.replace(":", "_") / quality / method / f"seed{seed}"
+    path = root / suite.replace(":", "_") / quality / method / (folder or f"seed{seed}")
     path.mkdir(parents=True)
     meta = {"method": method, "suite": suite, "tasks": TASKS, "quality": quality,
-            "seed": seed, "preset": "quick", "status": status}
+            "seed": seed, "preset": "quick", "status": status,
+            "settings": {"protocol": {"Run.budget_sequences": str(budget)}, "method": {}}}
     (path / "meta.json").write_text(json.dumps(meta))
 
     def block(offset):
@@ -253,3 +254,24 @@ def test_errors_are_one_line_with_exit_2(fabricated, tmp_path, capsys):
         code, _, err = run_table(capsys, *argv)
         assert code == 2
         assert len(err.strip().splitlines()) == 1 and message in err
+
+
+def test_runs_of_another_protocol_or_backup_folders_are_not_averaged_in(fabricated, tmp_path,
+                                                                        capsys):
+    """A cell averages only runs of one protocol: a run made with another budget, and a
+    copied seed folder, would otherwise enter the mean and the seed count silently."""
+    runs, truth = fabricated
+    write_run(runs, "harmodt-f", "near-optimal", 5, [1.0] * 5, [9e3] * 5, budget=8000000)
+    write_run(runs, "harmodt-f", "near-optimal", 0, [1.0] * 5, [9e3] * 5, folder="seed0.bak")
+    out = tmp_path / "tables"
+    code, stdout, _ = run_table(capsys, "--runs", str(runs), "--out", str(out))
+    assert code == 0
+    row = pd.read_csv(out / "table1.csv").set_index(["quality", "method"]).loc[
+        ("near-optimal", "harmodt-f")]
+    assert row["n"] == 3 and row["seeds"] == "0 1 2"
+    assert row["mean_success_pct"] == pytest.approx(
+        100 * truth[("near-optimal", "harmodt-f")][0].mean(), abs=1e-4)
+    assert ("harmodt-f mt5 near-optimal seed5: not used (made with another protocol than the "
+            "other runs of its suite and dataset (Run.budget_sequences: 16000 -> 8000000))"
+            in stdout)
+    assert "seed0.bak" not in stdout
