@@ -20,7 +20,7 @@ import numpy as np
 
 from mtrl_bench.errors import UserError
 from mtrl_bench.io import atomic_write
-from mtrl_bench.rundir import MetricsLog, results_dir
+from mtrl_bench.rundir import MetricsLog, add_results_arguments, results_paths
 from mtrl_bench.tables import Run, column_key, method_key, scan_runs, suite_label
 
 Series = list[tuple[Run, list[dict]]]  # runs of one suite x quality with their records
@@ -222,18 +222,11 @@ def build_plots(runs_dir: Path, out: Path) -> tuple[list[Path], list[str]]:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--results-dir", default=None,
-                        help="results root (default ./results or $MTRL_BENCH_RESULTS_DIR)")
-    parser.add_argument("--runs", type=Path, default=None,
-                        help="folder of run directories (default: <results-dir>/runs)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="where to write the PNGs (default: <results-dir>/figures)")
+    add_results_arguments(parser, "figures")
 
 
 def run_command(args: argparse.Namespace) -> int:
-    results = results_dir(args.results_dir)
-    out = args.out or results / "figures"
-    files, skipped = build_plots(args.runs or results / "runs", out)
+    files, skipped = build_plots(*results_paths(args, "figures"))
     for message in skipped:
         print(message)
     for path in files:

@@ -7,6 +7,7 @@ finished when meta.json says so and final.json exists; both are written atomical
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from pathlib import Path
@@ -18,6 +19,22 @@ DEFAULT_RESULTS_DIR = Path("results")
 
 def results_dir(path: str | os.PathLike | None = None) -> Path:
     return Path(path or os.environ.get("MTRL_BENCH_RESULTS_DIR") or DEFAULT_RESULTS_DIR)
+
+
+def add_results_arguments(parser: argparse.ArgumentParser, output: str) -> None:
+    """--results-dir, --runs and --out for commands that read runs and write ``output``."""
+    parser.add_argument("--results-dir", default=None,
+                        help="results root (default ./results or $MTRL_BENCH_RESULTS_DIR)")
+    parser.add_argument("--runs", type=Path, default=None,
+                        help="folder of run directories (default: <results-dir>/runs)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"where to write (default: <results-dir>/{output})")
+
+
+def results_paths(args: argparse.Namespace, output: str) -> tuple[Path, Path]:
+    """(runs folder, output folder) from the arguments of :func:`add_results_arguments`."""
+    root = results_dir(args.results_dir)
+    return args.runs or root / "runs", args.out or root / output
 
 
 def run_dir(results: str | os.PathLike | None, suite: str, quality: str, method: str,

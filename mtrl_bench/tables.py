@@ -33,7 +33,7 @@ import numpy as np
 from mtrl_bench import stats
 from mtrl_bench.errors import UserError
 from mtrl_bench.io import atomic_write_text, read_json
-from mtrl_bench.rundir import results_dir, settings_difference
+from mtrl_bench.rundir import add_results_arguments, results_paths, settings_difference
 
 # Display order; methods not listed follow alphabetically.
 METHOD_ORDER = (
@@ -667,12 +667,7 @@ def build_tables(runs_dir: Path, out: Path, settings: Settings) -> tuple[str, li
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--results-dir", default=None,
-                        help="results root (default ./results or $MTRL_BENCH_RESULTS_DIR)")
-    parser.add_argument("--runs", type=Path, default=None,
-                        help="folder of run directories (default: <results-dir>/runs)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="where to write the tables (default: <results-dir>/tables)")
+    add_results_arguments(parser, "tables")
     parser.add_argument("--metric", choices=("final", "best"), default="final",
                         help="final checkpoint (headline; table1_best is written alongside) "
                              "or best over evaluations for every table")
@@ -686,9 +681,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def run_command(args: argparse.Namespace) -> int:
     if args.resamples < 100:
         raise UserError(f"--resamples must be at least 100, got {args.resamples}")
-    results = results_dir(args.results_dir)
-    runs_dir = args.runs or results / "runs"
-    out = args.out or results / "tables"
+    runs_dir, out = results_paths(args, "tables")
     settings = Settings(args.metric, tuple(args.baselines) if args.baselines else None,
                         args.resamples, args.seed)
     markdown, files = build_tables(runs_dir, out, settings)

@@ -60,7 +60,7 @@ def test_plot_writes_every_figure_as_png(tmp_path, capsys):
     # A quality with evaluations only: its mask figures are skipped, not drawn empty.
     write_metrics(runs, "promptdt", 0, eval_records(0.3, 0), quality="sub-optimal")
 
-    assert main(["plot", "--runs", str(runs), "--out", str(out)]) == 0
+    assert main(["plot", "--results-dir", str(tmp_path)]) == 0  # reads runs/, writes figures/
     stdout = capsys.readouterr().out
     expected = [f"{kind}_mt5_near-optimal.png" for kind in
                 ("learning_curves", "mask_sparsity", "beta_schedule", "conflict_scores")]

@@ -227,6 +227,9 @@ def test_tables_are_deterministic_and_baselines_configurable(fabricated, tmp_pat
     run_table(capsys, "--runs", str(runs), "--out", str(first))
     run_table(capsys, "--runs", str(runs), "--out", str(second))
     assert (first / "table1.csv").read_text() == (second / "table1.csv").read_text()
+    # --results-dir R reads R/runs and writes R/tables
+    assert run_table(capsys, "--results-dir", str(runs.parent))[0] == 0
+    assert (first / "table1.csv").read_text() == (runs.parent / "tables/table1.csv").read_text()
 
     custom = tmp_path / "c"
     code, _, _ = run_table(capsys, "--runs", str(runs), "--out", str(custom),
