@@ -58,13 +58,6 @@ class RunConfig:
         return max(1, round(sequences / (num_tasks * self.batch_size)))
 
 
-def _config_file(relative: str, kind: str, valid: list[str]) -> Path:
-    path = CONFIG_DIR / relative
-    if not path.exists():
-        raise UserError(f"no {kind} config {relative!r}; valid: {', '.join(valid)}")
-    return path
-
-
 def parse_gin(method: str, preset: str, gin_files: list[str], bindings: list[str]) -> None:
     """base.gin, then the preset, the method's file, the user's files and bindings."""
     if preset not in PRESETS:
@@ -77,6 +70,15 @@ def parse_gin(method: str, preset: str, gin_files: list[str], bindings: list[str
         if not Path(name).exists():
             raise UserError(f"gin file {name!r} does not exist")
         files.append(Path(name))
+    try:
+        parse_gin_files(files, bindings)
+    except (ValueError, SyntaxError, KeyError, TypeError, NameError) as err:
+        message = " ".join(str(err).split())
+        raise UserError(f"bad gin configuration: {message}") from err
+
+
+def parse_gin_files(files: list[Path], bindings=(), skip_unknown: bool = False) -> None:
+    """A fresh gin config from ``files`` (includes found in configs/) and ``bindings``."""
     _import_configurables()
     gin.clear_config()
     gin.add_config_file_search_path(str(CONFIG_DIR))
@@ -84,11 +86,8 @@ def parse_gin(method: str, preset: str, gin_files: list[str], bindings: list[str
     quiet = _DropGinPathNotFound()
     logging.getLogger().addFilter(quiet)
     try:
-        gin.parse_config_files_and_bindings([str(f) for f in files], bindings,
-                                            finalize_config=False)
-    except (ValueError, SyntaxError, KeyError, TypeError, NameError) as err:
-        message = " ".join(str(err).split())
-        raise UserError(f"bad gin configuration: {message}") from err
+        gin.parse_config_files_and_bindings([str(f) for f in files], list(bindings),
+                                            finalize_config=False, skip_unknown=skip_unknown)
     finally:
         logging.getLogger().removeFilter(quiet)
 

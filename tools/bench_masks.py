@@ -19,15 +19,14 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
-import gin
 import torch
 from tabulate import tabulate
 
 from mtrl_bench.errors import UserError
 from mtrl_bench.masking import MaskSegment
 from mtrl_bench.model import PromptDT, PromptDTConfig
+from mtrl_bench.runner import CONFIG_DIR, parse_gin_files
 from mtrl_bench.strategy import (
     MaskStrategy,
     MaskUpdateContext,
@@ -35,7 +34,6 @@ from mtrl_bench.strategy import (
     registered_strategies,
 )
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 DEFAULT_METHODS = ("socodt", "socodt-hard", "socodt-fixed", "socodt-nomag", "harmodt-f")
 
 
@@ -92,11 +90,8 @@ def time_mask_update(
 
 def load_method_config(method: str, model: str) -> None:
     """The model preset's and the method's .gin files, as a run would see them."""
-    gin.clear_config()
-    gin.add_config_file_search_path(str(CONFIG_DIR))
     files = [CONFIG_DIR / "model" / f"{model}.gin", CONFIG_DIR / "methods" / f"{method}.gin"]
-    gin.parse_config_files_and_bindings([str(f) for f in files if f.exists()], [],
-                                        skip_unknown=True)
+    parse_gin_files([f for f in files if f.exists()], skip_unknown=True)
 
 
 def main(argv: list[str] | None = None) -> int:
