@@ -4,6 +4,12 @@ Real Meta-World at tiny sizes: 2 tasks x 3 goals, 50-step episodes (short enough
 scripted expert succeeds on some goals and not on others).
 """
 
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -158,3 +164,38 @@ def test_bad_arguments_are_user_errors(kwargs, message):
         Evaluator(TASKS, **kwargs)
     with pytest.raises(UserError, match="unknown task"):
         Evaluator(["reach-v3", "no-such-task"])
+
+
+CTRL_C_SCRIPT = """
+import sys
+from mtrl_bench.evaluation import Evaluator, ScriptedExpertAgent
+with Evaluator(["reach-v3", "pick-place-v3"], num_goals=10, workers=2) as ev:
+    print(" ".join(str(p.pid) for p in ev.pool.processes), flush=True)
+    while True:
+        ev.evaluate(ScriptedExpertAgent(ev.tasks))
+"""
+
+
+def _alive(pid: int) -> bool:
+    """Running and not a zombie (an orphaned worker may wait to be reaped by init)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc")
+def test_ctrl_c_mid_evaluation_stops_every_worker():
+    proc = subprocess.Popen([sys.executable, "-c", CTRL_C_SCRIPT], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    pids = [int(p) for p in proc.stdout.readline().split()]
+    assert len(pids) == 2 and all(_alive(p) for p in pids)
+    time.sleep(1.0)  # mid-episode
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and "KeyboardInterrupt" in err
+    deadline = time.time() + 10
+    while any(_alive(p) for p in pids) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in pids), "a worker outlived Ctrl-C"
