@@ -78,13 +78,20 @@ def test_killed_run_resumes_to_the_same_result(dirs):
     path = run_dir(dirs["results"], "random-2:0", "near-optimal", "harmodt-f", 2)
     proc = subprocess.Popen([*args, "--seed", "2"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
+
+    def checkpointed_wall_time():  # meta.json gets the wall time right after a checkpoint
+        try:
+            return json.loads((path / "meta.json").read_text()).get("wall_time_s")
+        except (OSError, ValueError):
+            return None
+
     deadline = time.time() + 240
-    while time.time() < deadline and not (path / "checkpoint.pt").exists():
+    while time.time() < deadline and checkpointed_wall_time() is None:
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert (path / "checkpoint.pt").exists() and not is_finished(path)
-    killed_wall = json.loads((path / "meta.json").read_text())["wall_time_s"]
+    killed_wall = checkpointed_wall_time()
     other = subprocess.run([*args, "--seed", "2", "--gin_binding", "Run.batch_size = 2"],
                            env=env, capture_output=True, text=True)
     assert other.returncode == 2 and "checkpoint of an unfinished run made with other " \
