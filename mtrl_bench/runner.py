@@ -160,8 +160,6 @@ def _check_run_config(cfg: RunConfig) -> None:
 class RunPlan:
     """One configured run: what it trains on, where its directory is, what it computes."""
 
-    method: str
-    preset: str
     cfg: RunConfig
     tasks: list[str]
     path: Path
@@ -192,7 +190,7 @@ def plan_run(method: str, preset: str = "paper", gin_files=(), bindings=(),
     if cfg.quality not in QUALITIES:
         raise UserError(f"unknown quality {cfg.quality!r}; valid: {', '.join(QUALITIES)}")
     path = run_dir(results, cfg.suite, cfg.quality, method, cfg.seed)
-    return RunPlan(method, preset, cfg, tasks, path, run_settings(method))
+    return RunPlan(cfg, tasks, path, run_settings(method))
 
 
 def _git_commit() -> str | None:
