@@ -133,15 +133,17 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="after '--': extra arguments for every `mtrl-bench run`")
 
 
-def _prepare_datasets(plans: list, data_dir: str | None) -> None:
+def _prepare_datasets(plans: list[tuple]) -> None:
     """Generate each missing dataset once here, before runs that share it start in parallel
-    (each would otherwise generate it with every core at the same time)."""
+    (each would otherwise generate it with every core at the same time). ``plans``: (run
+    plan, its data dir) pairs."""
     from mtrl_bench.data import generate_suite_dataset
 
     done = set()
-    for plan in plans:
+    for plan, data_dir in plans:
         cfg = plan.cfg
-        key = (tuple(plan.tasks), cfg.quality, cfg.episodes, cfg.dataset_seed, cfg.episode_length)
+        key = (tuple(plan.tasks), cfg.quality, cfg.episodes, cfg.dataset_seed,
+               cfg.episode_length, data_dir)
         if key not in done:
             done.add(key)
             generate_suite_dataset(plan.tasks, cfg.quality, data_dir=data_dir,
@@ -166,7 +168,7 @@ def run_command(args: argparse.Namespace) -> int:
                 conflicts.append(str(err))
             continue
         todo.append(spec)
-        plans.append(plan)
+        plans.append((plan, run_args.data_dir))
     if conflicts:
         raise UserError(f"{len(conflicts)} finished run(s) of this grid were made with other "
                         f"settings, e.g. {conflicts[0]} (pass --force after -- to redo them)")
@@ -180,8 +182,7 @@ def run_command(args: argparse.Namespace) -> int:
         gpus = args.gpus_per_run if args.gpus_per_run is not None else float(bool(_visible_gpus()))
         codes = run_ray(todo, args.address, gpus)
     else:
-        if todo:
-            _prepare_datasets(plans, run_args.data_dir)
+        _prepare_datasets(plans)
         codes = run_local(todo, args.parallel)
     failed = {label: code for label, code in codes.items() if code != 0}
     for label, code in failed.items():
