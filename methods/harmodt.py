@@ -88,21 +88,21 @@ class HarmoDT(ERKMaskStrategy):
         return {"k": k, "conflicted": counts, "recovered": counts}
 
 
-@register_strategy("harmodt-f")
+@register_strategy("harmodt-f", role="baseline")
 class HarmoDTFisher(HarmoDT):
     """HarmoDT-F: prune by 10·ḡ⊙g_i + g_i² (Fisher term), regrow by ḡ⊙g_i (Hu et al. 2024)."""
 
     score_term = "fisher"
 
 
-@register_strategy("harmodt-m")
+@register_strategy("harmodt-m", role="baseline")
 class HarmoDTMagnitude(HarmoDT):
     """HarmoDT-M: prune by 10·ḡ⊙g_i + |θ| (magnitude term), regrow by ḡ⊙g_i (Hu et al. 2024)."""
 
     score_term = "magnitude"
 
 
-@register_strategy("harmodt-r")
+@register_strategy("harmodt-r", role="baseline")
 class HarmoDTRandom(HarmoDT):
     """HarmoDT-R: prune by 10·ḡ⊙g_i alone, regrow by ḡ⊙g_i (Hu et al. 2024)."""
 

@@ -3,7 +3,7 @@
 from mtrl_bench.strategy import MaskStrategy, register_strategy
 
 
-@register_strategy("mtdt")
+@register_strategy("mtdt", role="baseline")
 class MTDT(MaskStrategy):
     """MTDT: task-ID embedding instead of a prompt, no masks (He et al. 2023)."""
 

@@ -3,6 +3,6 @@
 from mtrl_bench.strategy import MaskStrategy, register_strategy
 
 
-@register_strategy("promptdt")
+@register_strategy("promptdt", role="baseline")
 class PromptDT(MaskStrategy):
     """Prompt-DT: shared parameters for all tasks, no masks (Xu et al. 2022)."""

@@ -39,13 +39,15 @@ import math
 import torch
 
 from mtrl_bench.errors import UserError
-from mtrl_bench.strategy import ERKMaskStrategy, MaskUpdateContext, register_strategy
+from mtrl_bench.strategy import (
+    ERKMaskStrategy,
+    MaskUpdateContext,
+    register_strategy,
+    signed_log_histogram,
+)
 
 #: largest float32 below 1: the cap on soft values, so a conflicting entry never stays active
 BELOW_ONE = float(torch.nextafter(torch.tensor(1.0), torch.tensor(0.0)))
-#: bin edges of the logged conflict-score histogram, in units of the task's IQR relative to
-#: its Q_q1 (so the conflict threshold sits at -β_t); the end bins also hold everything beyond
-HIST_EDGES = tuple(float(e) for e in range(-50, 51))
 
 
 # --- eq. 5 and the Fisher scale -----------------------------------------------------------
@@ -167,17 +169,7 @@ def soft_mask_values(fisher: torch.Tensor) -> torch.Tensor:
     return fisher.clamp_(max=BELOW_ONE)
 
 
-def _histogram(scores: torch.Tensor, q_low: torch.Tensor, iqr: torch.Tensor) -> dict:
-    """Pooled histogram of (C − Q_q1)/IQR over all tasks (C − Q_q1 where IQR = 0).
-
-    Overwrites ``scores``."""
-    z = scores.sub_(q_low[:, None]).div_(torch.where(iqr > 0, iqr, 1.0)[:, None])
-    lo, hi = HIST_EDGES[0], HIST_EDGES[-1]
-    counts = torch.histc(z.clamp_(lo, hi), bins=len(HIST_EDGES) - 1, min=lo, max=hi)
-    return {"edges": list(HIST_EDGES), "counts": [int(c) for c in counts.tolist()]}
-
-
-@register_strategy("socodt")
+@register_strategy("socodt", role="proposed", components="S+A+M")
 class SoCoDT(ERKMaskStrategy):
     """SoCo-DT: Fisher-weighted soft masks updated by TAMU (IQR thresholds, cosine β_t).
 
@@ -234,7 +226,7 @@ class SoCoDT(ERKMaskStrategy):
         threshold = q_low - beta * iqr
         metrics["conflict_threshold"] = threshold.tolist()
         selected = (scores < threshold[:, None]).logical_and_(active)
-        metrics["conflict_hist"] = _histogram(scores, q_low, iqr)
+        metrics["conflict_hist"] = signed_log_histogram(scores)
         return selected
 
     def select_recovered(self, scores: torch.Tensor, suppressed: torch.Tensor,
@@ -272,21 +264,21 @@ class SoCoDT(ERKMaskStrategy):
         return metrics
 
 
-@register_strategy("socodt-hard")
+@register_strategy("socodt-hard", role="ablation", ablation_of="socodt", components="A+M")
 class SoCoDTHard(SoCoDT):
     """Table 4 "A+M": TAMU with hard masks; conflicting entries are set to 0 (no soft value)."""
 
     soft_masks = False
 
 
-@register_strategy("socodt-nomag")
+@register_strategy("socodt-nomag", role="ablation", ablation_of="socodt", components="S+A")
 class SoCoDTNoMag(SoCoDT):
     """Table 4 "S+A": recovery ranks suppressed entries by plain g_i⊙ḡ (no eq. 9–10 factor)."""
 
     magnitude_harmony = False
 
 
-@register_strategy("socodt-fixed")
+@register_strategy("socodt-fixed", role="ablation", ablation_of="socodt", components="S+M")
 class SoCoDTFixed(SoCoDT):
     """Table 4 "S+M": a fixed count per update instead of the IQR thresholds.
 

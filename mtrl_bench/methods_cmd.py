@@ -1,9 +1,8 @@
-"""`mtrl-bench methods`: list the registered methods (masking strategies)."""
+"""`mtrl-bench methods`: list the registered methods, their roles and parameters."""
 
 from __future__ import annotations
 
 import argparse
-import inspect
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -11,25 +10,31 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="also list each method's gin-configurable parameters and defaults")
 
 
-def method_rows() -> list[tuple[str, str, str]]:
-    """(method key, gin name, one-line description) for every registered strategy."""
-    from mtrl_bench.strategy import describe, gin_name, registered_strategies
+def method_rows() -> list[tuple[str, str, str, str]]:
+    """(method key, gin name, role, one-line description) for every registered method."""
+    from mtrl_bench.strategy import describe, gin_name, method_role, registered_strategies
 
-    return [(name, gin_name(name), describe(cls))
-            for name, cls in registered_strategies().items()]
+    rows = []
+    for name, cls in registered_strategies().items():
+        role = method_role(name)
+        text = role.role + (f" of {role.ablation_of}" if role.ablation_of else "")
+        rows.append((name, gin_name(name), text, describe(cls)))
+    return rows
 
 
 def run_command(args: argparse.Namespace) -> int:
+    from mtrl_bench.identity import parameters
+    from mtrl_bench.runner import RUNNER_SET
     from mtrl_bench.strategy import registered_strategies
 
     strategies = registered_strategies()
     rows = method_rows()
-    width = max(len(name) for name, _, _ in rows)
-    for name, gin, description in rows:
-        print(f"{name:<{width}}  {description}")
+    width = max(len(name) for name, _, _, _ in rows)
+    role_width = max(len(role) for _, _, role, _ in rows)
+    for name, gin, role, description in rows:
+        print(f"{name:<{width}}  {role:<{role_width}}  {description}")
         if args.params:
-            params = inspect.signature(strategies[name].__init__).parameters.values()
-            for p in params:
-                if p.name != "self" and p.kind is p.POSITIONAL_OR_KEYWORD:
+            for p in parameters(strategies[name]):
+                if p.name not in RUNNER_SET["method"]:
                     print(f"{'':<{width}}    {gin}.{p.name} = {p.default!r}")
     return 0

@@ -1,54 +1,78 @@
-"""`mtrl-bench plot`: figures from the metrics.jsonl of every run directory.
+"""`mtrl-bench plot`: figures from the run directories, grouped exactly as the tables are.
 
-Per suite x dataset quality it writes PNGs into the output folder:
-- learning_curves_*: mean evaluation success and return against step, one line per method,
-  a band of ± one std over seeds (where two or more seeds reached that step);
-- mask_sparsity_*: per-task mask sparsity over training, one panel per run ("mask" records);
-- beta_schedule_*: the β_t threshold schedule ("mask" records' beta);
-- conflict_scores_*: conflict-score histograms at a few points of training ("conflict_hist").
-Unfinished runs are drawn too (that is how one watches a run); a figure whose records no run
-has is skipped with a message.
+Only finished runs count, in the cells of :func:`mtrl_bench.rundir.group_cells` (one
+identity per cell; never mixed budgets or method parameters). Per column (suite x dataset
+quality x protocol) it writes PNGs into the output folder:
+
+- learning_curves_*: mean over seeds of evaluation success and return against step, one
+  line per row; the band is ± one sample std over seeds; periodic evaluations (few goals)
+  are dots on the line, the final evaluation (all goals) a star; where fewer seeds than the
+  cell has reached a point, "n=k" is written beside it;
+- mask_sparsity_*: per row, the share of masked entries (mean over tasks) against step,
+  mean ± std over seeds;
+- beta_schedule_*: β_t of every row that logs it;
+- conflict_scores_*: per row, the conflict-score histogram (all tasks and seeds pooled) at
+  a few points of training, in score units on a symmetric log axis, the median over tasks
+  of the conflict threshold marked;
+- sensitivity_*: where cells of one method and suite differ in exactly one setting (a
+  ``sweep --grid``), success against that setting's value, mean and 95% t-interval over
+  seeds (the paper's Fig. 5).
+
+An ``index.md`` lists the figures and the runs left out with why.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import re
 from pathlib import Path
 
 import numpy as np
 
+from mtrl_bench import stats
 from mtrl_bench.errors import UserError
-from mtrl_bench.io import atomic_write
-from mtrl_bench.rundir import MetricsLog, add_results_arguments, results_paths
-from mtrl_bench.tables import Run, column_key, method_key, scan_runs, suite_label
+from mtrl_bench.identity import flatten, format_value
+from mtrl_bench.io import atomic_write, atomic_write_text
+from mtrl_bench.rundir import (
+    Cell,
+    Column,
+    MetricsLog,
+    add_results_arguments,
+    column_key,
+    group_cells,
+    results_paths,
+    row_key,
+    scan_runs,
+    suite_label,
+)
+from mtrl_bench.strategy import histogram_edges
 
-Series = list[tuple[Run, list[dict]]]  # runs of one suite x quality with their records
+Series = list[tuple[Cell, list[list[dict]]]]  # cells of one column with each run's records
 
 
-def load_series(runs_dir: Path) -> dict[tuple[str, str], Series]:
-    """Runs (any status but unreadable) with a non-empty metrics.jsonl, by (suite, quality)."""
+def load_columns(runs_dir: Path) -> tuple[dict[Column, Series], list[str]]:
+    """Cells of finished runs with their metrics records, by column; and the runs left out."""
     if not runs_dir.is_dir():
         raise UserError(f"no runs to plot: {runs_dir} does not exist (run `mtrl-bench run` "
                         "first, or point --runs at a results/runs folder)")
-    grouped: dict[tuple[str, str], Series] = {}
-    for run in scan_runs(runs_dir):
-        if run.status == "unreadable":
-            continue
-        records = MetricsLog(run.path / "metrics.jsonl").records()
-        if records:
-            grouped.setdefault((run.suite, run.quality), []).append((run, records))
+    cells, left_out = group_cells(scan_runs(runs_dir))
+    grouped: dict[Column, Series] = {}
+    for cell in cells:
+        records = [MetricsLog(run.path / "metrics.jsonl").records() for run in cell.runs]
+        for run, recs in zip(cell.runs, records):
+            if not recs:
+                left_out.append((run, "metrics.jsonl is missing or empty"))
+        kept = [r for r in records if r]
+        if kept:
+            grouped.setdefault(cell.column, []).append((cell, kept))
     if not grouped:
-        raise UserError(f"no runs with metrics under {runs_dir}: each run directory needs a "
-                        "metrics.jsonl")
+        raise UserError(f"no finished runs with metrics under {runs_dir}: each run directory "
+                        "needs meta.json (finished), final.json and metrics.jsonl")
     for series in grouped.values():
-        series.sort(key=lambda item: (method_key(item[0].method), item[0].seed or 0))
-    return dict(sorted(grouped.items(), key=lambda item: column_key(item[0])))
-
-
-def _label(run: Run) -> str:
-    text = f"{run.method} seed{run.seed}"
-    return text if run.status == "finished" else f"{text} ({run.status})"
+        series.sort(key=lambda item: row_key(item[0].row))
+    lines = sorted(f"{run.label()} ({run.path}): {why}" for run, why in left_out)
+    return dict(sorted(grouped.items(), key=lambda item: column_key(item[0]))), lines
 
 
 def _new_figure(panels: int, width: float = 4.2, height: float = 3.2):
@@ -71,37 +95,73 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _eval_table(records: list[dict], key: str) -> dict[int, float]:
-    return {int(r["step"]): float(r[key]) for r in records
-            if r.get("kind") == "eval" and r.get(key) is not None}
+def _mean_std(values: list[list[float]]) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Per point: mean, sample std (NaN with one value) and count."""
+    mean = np.array([np.mean(v) for v in values])
+    std = np.array([np.std(v, ddof=1) if len(v) > 1 else np.nan for v in values])
+    return mean, std, [len(v) for v in values]
+
+
+def _evaluations(cell: Cell, records: list[dict]) -> tuple[dict, dict]:
+    """({step: record} of periodic evaluations, {step: record} of the final one)."""
+    total = cell.identity["protocol"].get("trainer.total_steps")
+    periodic, final = {}, {}
+    for r in records:
+        if r.get("kind") == "eval" and r.get("mean_success") is not None:
+            (final if int(r["step"]) == total else periodic)[int(r["step"])] = r
+    return periodic, final
 
 
 def learning_curves(series: Series, title: str):
     """Mean over seeds of eval success (%) and return against step, ± std band."""
-    by_method: dict[str, list[list[dict]]] = {}
-    for run, records in series:
-        by_method.setdefault(run.method, []).append(records)
-    if not any(_eval_table(r, "mean_success") for runs in by_method.values() for r in runs):
+    if not any(_evaluations(cell, recs)[0] or _evaluations(cell, recs)[1]
+               for cell, runs in series for recs in runs):
         return None
-    fig, axes = _new_figure(2, width=5.5, height=3.6)
-    for method, runs in by_method.items():
+    fig, axes = _new_figure(2, width=5.8, height=3.8)
+    for cell, runs in series:
+        evaluations = [_evaluations(cell, recs) for recs in runs]
+        color = None
         for ax, key, scale in ((axes[0], "mean_success", 100.0), (axes[1], "mean_return", 1.0)):
-            tables = [_eval_table(records, key) for records in runs]
-            steps = sorted(set().union(*tables))
+            periodic = [{s: scale * r[key] for s, r in p.items()} for p, _ in evaluations]
+            final = [{s: scale * r[key] for s, r in f.items()} for _, f in evaluations]
+            steps = sorted(set().union(*periodic, *final))
             if not steps:
                 continue
-            values = [[scale * t[s] for t in tables if s in t] for s in steps]
-            mean = np.array([np.mean(v) for v in values])
-            std = np.array([np.std(v, ddof=1) if len(v) > 1 else np.nan for v in values])
-            line, = ax.plot(steps, mean, marker="o", markersize=3,
-                            label=f"{method} (n={len(runs)})")
-            ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+            values = [[t[s] for t in periodic + final if s in t] for s in steps]
+            mean, std, counts = _mean_std(values)
+            line, = ax.plot(steps, mean, color=color, linewidth=1.4,
+                            label=f"{cell.row.label} (n={len(runs)})")
+            color = line.get_color()
+            ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.18,
+                            linewidth=0)
+            is_final = [any(s in f for f in final) for s in steps]
+            for marker, chosen in (("o", False), ("*", True)):
+                xs = [s for s, f in zip(steps, is_final) if f == chosen]
+                ys = [m for m, f in zip(mean, is_final) if f == chosen]
+                ax.plot(xs, ys, linestyle="none", marker=marker, color=color,
+                        markersize=10 if chosen else 4)
+            for s, m, c in zip(steps, mean, counts):
+                if c < len(runs):
+                    ax.annotate(f"n={c}", (s, m), textcoords="offset points", xytext=(3, 3),
+                                fontsize=6, color=color)
+    goals = series[0][0].identity["protocol"]
     axes[0].set(xlabel="step", ylabel="success rate (%)", ylim=(-2, 102),
                 title=f"{title}: evaluation success")
     axes[1].set(xlabel="step", ylabel="return", title=f"{title}: evaluation return")
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    legend_extra = [
+        Line2D([], [], linestyle="none", marker="o", color="gray", markersize=4,
+               label=f"periodic ({goals.get('run.eval_goals', '?')} goals/task)"),
+        Line2D([], [], linestyle="none", marker="*", color="gray", markersize=10,
+               label=f"final ({goals.get('run.final_eval_goals', '?')} goals/task)"),
+        Patch(color="gray", alpha=0.18, label="± 1 std over seeds"),
+    ]
     for ax in axes:
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    handles, _ = axes[0].get_legend_handles_labels()
+    axes[0].legend(handles=handles + legend_extra, fontsize=7)
     return fig
 
 
@@ -110,87 +170,175 @@ def _mask_records(records: list[dict]) -> list[dict]:
 
 
 def mask_sparsity(series: Series, title: str):
-    """Per-task fraction of masked parameters against step, one panel per run."""
-    runs = [(run, _mask_records(records)) for run, records in series]
-    runs = [(run, masks) for run, masks in runs if masks]
-    if not runs:
+    """Per row: share of masked entries (mean over tasks) against step, ± std over seeds."""
+    rows = [(cell, [_mask_records(recs) for recs in runs]) for cell, runs in series]
+    rows = [(cell, [m for m in masks if m]) for cell, masks in rows]
+    rows = [(cell, masks) for cell, masks in rows if masks]
+    if not rows:
         return None
-    fig, axes = _new_figure(len(runs))
-    for ax, (run, masks) in zip(axes, runs):
-        steps = [int(r["step"]) for r in masks]
-        sparsity = 100 * np.array([r["sparsity"] for r in masks], dtype=float)  # (records, tasks)
-        names = run.tasks if len(run.tasks) == sparsity.shape[1] else [
-            f"task {i}" for i in range(sparsity.shape[1])]
-        colors = _task_colors(sparsity.shape[1])
-        for index, name in enumerate(names):
-            ax.plot(steps, sparsity[:, index], color=colors[index], linewidth=0.9, alpha=0.8,
-                    label=name)
-        ax.plot(steps, sparsity.mean(axis=1), color="black", linewidth=2.2, label="mean")
-        ax.set(xlabel="step", ylabel="masked parameters (%)", title=_label(run))
-        ax.grid(alpha=0.3)
-        if sparsity.shape[1] <= 10:
-            ax.legend(fontsize=6)
-    fig.suptitle(f"{title}: per-task mask sparsity")
+    fig, axes = _new_figure(1, width=6.0, height=3.8)
+    ax = axes[0]
+    for cell, masks in rows:
+        per_run = [{int(r["step"]): 100 * float(np.mean(r["sparsity"])) for r in m}
+                   for m in masks]
+        steps = sorted(set().union(*per_run))
+        mean, std, _ = _mean_std([[t[s] for t in per_run if s in t] for s in steps])
+        line, = ax.plot(steps, mean, marker=".", label=f"{cell.row.label} (n={len(masks)})")
+        ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.18,
+                        linewidth=0)
+    ax.set(xlabel="step", ylabel="masked entries (%), mean over tasks",
+           title=f"{title}: mask sparsity (band: ± 1 std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
     return fig
 
 
-def _task_colors(count: int):
-    from matplotlib import colormaps
-
-    if count <= 10:
-        return colormaps["tab10"](range(count))
-    return colormaps["viridis"](np.linspace(0, 1, count))
-
-
 def beta_schedule(series: Series, title: str):
-    """β_t against step for every run that records it (HarmoDT has none)."""
+    """β_t against step for every row that records it (HarmoDT has none)."""
     curves = []
-    for run, records in series:
-        points = [(int(r["step"]), float(r["beta"])) for r in _mask_records(records)
-                  if r.get("beta") is not None]
+    for cell, runs in series:
+        points = sorted({(int(r["step"]), float(r["beta"])) for recs in runs
+                         for r in _mask_records(recs) if r.get("beta") is not None})
         if points:
-            curves.append((run, points))
+            curves.append((cell, points))
     if not curves:
         return None
     fig, axes = _new_figure(1, width=6.0, height=3.8)
-    for run, points in curves:
+    for cell, points in curves:
         steps, betas = zip(*points)
-        axes[0].plot(steps, betas, marker=".", label=_label(run))
+        axes[0].plot(steps, betas, marker=".", label=cell.row.label)
     axes[0].set(xlabel="step", ylabel=r"$\beta_t$", title=rf"{title}: $\beta_t$ schedule")
     axes[0].grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     return fig
 
 
+def pooled_histograms(runs: list[list[dict]], snapshots: int = 4):
+    """Up to ``snapshots`` (step, edges, counts summed over seeds, median threshold) of the
+    conflict-score histograms, at the steps every seed logged."""
+    per_run = [{int(r["step"]): r for r in _mask_records(recs) if r.get("conflict_hist")}
+               for recs in runs]
+    per_run = [p for p in per_run if p]
+    if not per_run:
+        return []
+    common = sorted(set.intersection(*(set(p) for p in per_run)))
+    picks = sorted({common[int(i)] for i in np.linspace(0, len(common) - 1,
+                                                        min(snapshots, len(common))).round()})
+    out = []
+    for step in picks:
+        full = None
+        for p in per_run:
+            hist = p[step]["conflict_hist"]
+            edges = histogram_edges(hist["low"], hist["high"], hist["per_decade"])
+            counts = np.zeros(len(edges) - 1)
+            counts[hist["first"]:hist["first"] + len(hist["counts"])] = hist["counts"]
+            full = counts if full is None else full + counts
+        thresholds = [t for p in per_run for t in p[step].get("conflict_threshold", [])]
+        out.append((step, np.asarray(edges), full,
+                    float(np.median(thresholds)) if thresholds else None))
+    return out
+
+
+def _symlog_axis(ax, edges: np.ndarray, used: np.ndarray) -> None:
+    """Symmetric log x axis over the used bins; ticks every third decade, a narrow zero bin."""
+    magnitude = min(abs(e) for e in edges if e != 0)
+    ax.set_xscale("symlog", linthresh=magnitude, linscale=0.2)
+    if used.size:
+        low, high = edges[used[0]], edges[used[-1] + 1]
+        ax.set_xlim(low, high)
+        top = math.ceil(math.log10(max(abs(low), abs(high))))
+        decades = list(range(top, round(math.log10(magnitude)) + 3, -3))
+        ticks = sorted([-10.0 ** d for d in decades] + [0.0] + [10.0 ** d for d in decades])
+        ax.set_xticks([t for t in ticks if low <= t <= high],
+                      [f"{t:.0e}".replace("-", "−") if t else "0"
+                       for t in ticks if low <= t <= high], fontsize=7)
+
+
 def conflict_scores(series: Series, title: str, snapshots: int = 4):
-    """Histograms of conflict scores at up to ``snapshots`` mask updates, one panel per run."""
-    runs = []
-    for run, records in series:
-        hists = [r for r in _mask_records(records) if r.get("conflict_hist")]
-        if hists:
-            picks = sorted(set(np.linspace(0, len(hists) - 1, min(snapshots, len(hists)))
-                               .round().astype(int)))
-            runs.append((run, [hists[i] for i in picks]))
-    if not runs:
+    """Conflict-score histograms in score units at a few mask updates, one panel per row."""
+    rows = [(cell, pooled_histograms(runs, snapshots)) for cell, runs in series]
+    rows = [(cell, hists) for cell, hists in rows if hists]
+    if not rows:
         return None
     from matplotlib import colormaps
 
-    fig, axes = _new_figure(len(runs))
-    for ax, (run, hists) in zip(axes, runs):
+    fig, axes = _new_figure(len(rows), width=5.0, height=3.6)
+    for ax, (cell, hists) in zip(axes, rows):
         colors = colormaps["plasma"](np.linspace(0.1, 0.85, len(hists)))
-        for color, record in zip(colors, hists):
-            edges = np.asarray(record["conflict_hist"]["edges"], dtype=float)
-            counts = np.asarray(record["conflict_hist"]["counts"], dtype=float)
-            if counts.ndim > 1:  # per task: pool the tasks
-                counts = counts.sum(axis=0)
+        nonzero = np.zeros(len(hists[0][1]) - 1, dtype=bool)
+        for color, (step, edges, counts, threshold) in zip(colors, hists):
             total = counts.sum()
             ax.stairs(counts / total if total else counts, edges, color=color,
-                      label=f"step {record['step']}")
-        ax.set(xlabel="conflict score", ylabel="fraction of parameters", title=_label(run))
+                      label=f"step {step}")
+            nonzero |= counts > 0
+            if threshold is not None:
+                ax.axvline(threshold, color=color, linestyle="--", linewidth=1)
+        _symlog_axis(ax, hists[0][1], np.flatnonzero(nonzero))
+        ax.set_yscale("log")
+        ax.set(xlabel="conflict score C = g·ḡ + λF (symlog)",
+               ylabel="fraction of entries (log)",
+               title=f"{cell.row.label} (n={len(cell.runs)})")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, title="dashed: median conflict threshold", title_fontsize=6)
+    fig.suptitle(f"{title}: conflict scores, all tasks and seeds pooled")
+    return fig
+
+
+def _numeric(values: list) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+
+def sensitivity(columns: dict[Column, Series]) -> list[tuple[str, object]]:
+    """(file stem, figure) per suite x quality x method whose cells differ in one setting."""
+    groups: dict[tuple[str, str, str], list[Cell]] = {}
+    for series in columns.values():
+        for cell, _ in series:
+            key = (cell.column.suite, cell.column.quality, cell.row.method)
+            groups.setdefault(key, []).append(cell)
+    figures = []
+    for (suite, quality, method), cells in sorted(groups.items()):
+        if len(cells) < 2:
+            continue
+        flats = [flatten(c.identity) for c in cells]
+        varying = sorted(k for k in set().union(*flats)
+                         if len({format_value(f.get(k)) for f in flats}) > 1)
+        if len(varying) != 1:
+            continue
+        key = varying[0]
+        numeric = _numeric([f.get(key) for f in flats])
+        points = sorted(((f.get(key), stats.mean_ci(_final_success(c)), len(c.runs))
+                         for f, c in zip(flats, cells)),
+                        key=lambda p: p[0] if numeric else format_value(p[0]))
+        fig, axes = _new_figure(1, width=5.5, height=3.8)
+        ax = axes[0]
+        values = [p[0] for p in points]
+        xs = values if numeric else list(range(len(values)))
+        means = [100 * p[1].estimate for p in points]
+        lows = [100 * (p[1].estimate - p[1].low) if p[1].low is not None else 0 for p in points]
+        highs = [100 * (p[1].high - p[1].estimate) if p[1].low is not None else 0
+                 for p in points]
+        ax.errorbar(xs, means, yerr=[lows, highs], marker="o", capsize=4,
+                    label="mean over seeds, 95% t-interval")
+        for x, m, p in zip(xs, means, points):
+            ax.annotate(f"n={p[2]}", (x, m), textcoords="offset points", xytext=(4, 4),
+                        fontsize=7)
+        if not numeric:
+            ax.set_xticks(xs, [format_value(v) for v in values])
+        elif min(values) > 0 and max(values) / min(values) >= 20:
+            ax.set_xscale("log")
+        ax.set(xlabel=key, ylabel="final success rate (%)",
+               title=f"{method}, {suite_label(suite)} {quality}\nsensitivity to {key}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(f"{title}: conflict-score distribution")
-    return fig
+        stem = f"sensitivity_{suite.replace(':', '_')}_{quality}_{method}_{key}"
+        figures.append((re.sub(r"[^\w.-]", "_", stem), fig))
+    return figures
+
+
+def _final_success(cell: Cell) -> np.ndarray:
+    """(seeds, tasks) final success rates of a cell's runs."""
+    return np.array([[float(run.results["final"]["success"][t]) for t in run.results["tasks"]]
+                     for run in cell.runs])
 
 
 FIGURES = (
@@ -201,24 +349,38 @@ FIGURES = (
 )
 
 
-def build_plots(runs_dir: Path, out: Path) -> tuple[list[Path], list[str]]:
-    """Write every figure that the records allow; returns (files, skip messages)."""
-    grouped = load_series(runs_dir)
+def _stem(column: Column) -> str:
+    stem = f"{column.suite.replace(':', '_')}_{column.quality}"
+    return stem if not column.note else f"{stem}_{column.protocol}"
+
+
+def build_plots(runs_dir: Path, out: Path) -> tuple[list[Path], list[str], list[str]]:
+    """Write every figure the records allow; returns (files, skip messages, runs left out)."""
+    columns, left_out = load_columns(runs_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"cannot create figures dir {out}: {err.strerror or err}") from None
-    files, skipped = [], []
-    for (suite, quality), series in grouped.items():
-        title = f"{suite_label(suite)} {quality}"
-        stem = f"{suite.replace(':', '_')}_{quality}"
+    files, skipped, index = [], [], []
+    for column, series in columns.items():
         for name, draw, reason in FIGURES:
-            fig = draw(series, title)
+            fig = draw(series, column.label)
             if fig is None:
-                skipped.append(f"skipped {name} for {title}: {reason}")
+                skipped.append(f"skipped {name} for {column.label}: {reason}")
                 continue
-            files.append(_save(fig, out / f"{name}_{stem}.png"))
-    return files, skipped
+            files.append(_save(fig, out / f"{name}_{_stem(column)}.png"))
+            index.append(f"- `{files[-1].name}`: {name.replace('_', ' ')}, {column.label}"
+                         + (f" ({column.note})" if column.note else ""))
+    for stem, fig in sensitivity(columns):
+        files.append(_save(fig, out / f"{stem}.png"))
+        index.append(f"- `{files[-1].name}`: sensitivity figure")
+    text = ("# Figures\n\n" + "\n".join(index) + "\n\n## Runs left out\n\n"
+            + ("\n".join(f"- {line}" for line in left_out) or "none") + "\n")
+    try:
+        atomic_write_text(out / "index.md", text)
+    except OSError as err:
+        raise UserError(f"cannot write {out / 'index.md'}: {err.strerror or err}") from None
+    return files, skipped, left_out
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -226,9 +388,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    files, skipped = build_plots(*results_paths(args, "figures"))
+    files, skipped, left_out = build_plots(*results_paths(args, "figures"))
     for message in skipped:
         print(message)
+    for line in left_out:
+        print(f"left out: {line}")
     for path in files:
         print(f"wrote {path}")
     return 0

@@ -1,8 +1,11 @@
-"""Layout of one run's directory and the append-only metrics log inside it.
+"""Run directories: their layout, the metrics log inside them, finding them, and grouping
+them into cells.
 
-``<results>/runs/<suite>/<quality>/<method>/seed<N>/`` (':' in a suite name becomes '_')
-holds config.gin, meta.json, metrics.jsonl, final.json and checkpoint.pt. A run is
-finished when meta.json says so and final.json exists; both are written atomically.
+``<results>/runs/<suite>/<quality>/<method>/<cell>/seed<N>/`` (':' in a suite name becomes
+'_'; ``<cell>`` is the hash of the run's identity, :mod:`mtrl_bench.identity`) holds
+config.gin, meta.json, metrics.jsonl, final.json and checkpoint.pt. A run is finished when
+meta.json says so and final.json exists; both are written atomically. Runs with equal
+identities are the seeds of one cell; tables and figures group runs only this way.
 """
 
 from __future__ import annotations
@@ -10,11 +13,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from mtrl_bench.identity import cell_id, differences, format_value, protocol_id, variant_id
 from mtrl_bench.io import atomic_write_text, read_json
 
 DEFAULT_RESULTS_DIR = Path("results")
+SEED_DIR = re.compile(r"seed\d+")
 
 
 def results_dir(path: str | os.PathLike | None = None) -> Path:
@@ -38,9 +45,10 @@ def results_paths(args: argparse.Namespace, output: str) -> tuple[Path, Path]:
 
 
 def run_dir(results: str | os.PathLike | None, suite: str, quality: str, method: str,
-            seed: int) -> Path:
+            cell: str, seed: int) -> Path:
+    """``<results>/runs/<suite>/<quality>/<method>/<cell>/seed<N>``: a cell is one identity."""
     suite_dir = suite.replace(":", "_")
-    return results_dir(results) / "runs" / suite_dir / quality / method / f"seed{seed}"
+    return results_dir(results) / "runs" / suite_dir / quality / method / cell / f"seed{seed}"
 
 
 def is_finished(path: Path) -> bool:
@@ -52,17 +60,245 @@ def is_finished(path: Path) -> bool:
         return False
 
 
-def settings_difference(old: dict, new: dict, limit: int = 3) -> str:
-    """'Run.episodes: 30 -> 2000, ...': the first ``limit`` bindings that differ between two
-    meta.json "settings" records ({part: {"Scope.param": value}})."""
-    flat_old = {k: v for part in old.values() for k, v in part.items()}
-    flat_new = {k: v for part in new.values() for k, v in part.items()}
-    keys = sorted(k for k in flat_old.keys() | flat_new.keys()
-                  if flat_old.get(k) != flat_new.get(k))
-    shown = [f"{k}: {flat_old.get(k, 'unset')} -> {flat_new.get(k, 'unset')}"
+# ------------------------------------------------------------------ scanning run directories
+
+
+@dataclass
+class RunRecord:
+    """One run directory as found on disk; ``results`` is final.json when finished."""
+
+    path: Path
+    method: str
+    suite: str
+    quality: str
+    seed: int | None
+    status: str  # finished | running (or another meta.json status) | incomplete | unreadable
+    reason: str = ""
+    results: dict | None = None
+    tasks: list[str] = field(default_factory=list)
+    identity: dict | None = None
+    role: dict | None = None  # meta.json "role", used when the method is not registered here
+
+    def label(self) -> str:
+        seed = "?" if self.seed is None else self.seed
+        return f"{self.method} {self.suite} {self.quality} seed{seed}"
+
+
+def load_run(path: Path) -> RunRecord:
+    suite_dir, quality, method = path.parts[-5:-2]
+    seed_text = path.name.removeprefix("seed")
+    run = RunRecord(path, method, suite_dir, quality,
+                    int(seed_text) if seed_text.isdigit() else None, "unreadable")
+    try:
+        meta = read_json(path / "meta.json")
+        run.method = str(meta.get("method", method))
+        run.suite = str(meta.get("suite", suite_dir))
+        run.quality = str(meta.get("quality", quality))
+        run.seed = int(meta.get("seed", run.seed))
+        run.tasks = [str(task) for task in meta.get("tasks", [])]
+        run.identity = meta.get("identity")
+        run.role = meta.get("role")
+    except (OSError, ValueError, TypeError, AttributeError) as err:
+        run.reason = f"meta.json unreadable ({type(err).__name__})"
+        return run
+    if meta.get("status") != "finished":
+        run.status = str(meta.get("status") or "running")
+        return run
+    if not (path / "final.json").exists():
+        run.status, run.reason = "incomplete", "final.json missing"
+        return run
+    try:
+        run.results = read_json(path / "final.json")
+    except (OSError, ValueError) as err:
+        run.reason = f"final.json unreadable ({type(err).__name__})"
+        return run
+    run.status = "finished"
+    return run
+
+
+def scan_runs(runs_dir: Path) -> list[RunRecord]:
+    """Every run directory under ``runs_dir`` (suite/quality/method/cell/seedN), any status,
+    and those of the layout before run identities (suite/quality/method/seedN), which
+    can only be listed as left out."""
+    def seed_dirs(pattern: str) -> list[Path]:
+        return [p for p in sorted(Path(runs_dir).glob(pattern))
+                if p.is_dir() and SEED_DIR.fullmatch(p.name)]  # not seed0.bak, seed0-old, ...
+
+    legacy = [RunRecord(p, p.parts[-2], p.parts[-4], p.parts[-3], int(p.name[4:]), "legacy",
+                        "a run directory of the layout before run identities; rerun it")
+              for p in seed_dirs("*/*/*/seed*")]
+    return [load_run(p) for p in seed_dirs("*/*/*/*/seed*")] + legacy
+
+
+# ------------------------------------------------------------------ cells
+
+
+@dataclass(frozen=True)
+class Column:
+    """Runs of one suite, dataset quality and protocol (everything but the method)."""
+
+    suite: str
+    quality: str
+    protocol: str  # protocol_id of the identity
+    label: str
+    note: str = ""  # how this protocol differs from the suite's main one, if there are several
+
+
+@dataclass(frozen=True)
+class Row:
+    """One method with one set of its own parameters (a variant)."""
+
+    method: str
+    variant: str  # variant_id of the identity
+    label: str
+    role: str = "proposed"
+    ablation_of: str | None = None
+    components: str | None = None
+
+
+@dataclass
+class Cell:
+    """Replicates of one identity: every finished run (seed) of a row x column."""
+
+    column: Column
+    row: Row
+    identity: dict
+    runs: list[RunRecord]
+
+    @property
+    def id(self) -> str:
+        return cell_id(self.identity)
+
+    @property
+    def seeds(self) -> list[int]:
+        return [run.seed for run in self.runs]
+
+
+def _majority(groups: dict[str, list], key) -> str:
+    """The group with the most runs (ties: the smallest ``key``)."""
+    return min(groups, key=lambda g: (-len(groups[g]), key(g)))
+
+
+def _difference_label(base: dict, other: dict, prefix: str = "", limit: int = 2) -> str:
+    """'k=v, k2=v2' of the keys where ``other`` differs from ``base`` (first ``limit``)."""
+    keys = sorted(k for k in base.keys() | other.keys() if base.get(k) != other.get(k))
+    shown = [f"{k.removeprefix(prefix)}={format_value(other[k]) if k in other else 'unset'}"
              for k in keys[:limit]]
-    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
-    return ", ".join(shown) + more
+    return ", ".join(shown) + (", …" if len(keys) > limit else "")
+
+
+def _role(run: RunRecord) -> dict:
+    from mtrl_bench.strategy import method_role
+
+    registered = method_role(run.method)
+    if registered is not None:
+        return registered.as_dict()
+    return {"role": "proposed", "ablation_of": None, "components": None, **(run.role or {})}
+
+
+def group_cells(runs: list[RunRecord]) -> tuple[list[Cell], list[tuple[RunRecord, str]]]:
+    """Finished runs grouped by identity into cells, and the runs left out with why.
+
+    Every table and figure uses this grouping: a cell never averages runs that differ in any
+    resolved setting. Columns (suite x quality x protocol) and rows (method x its own
+    parameters) get labels that name what sets them apart when a suite or a method has
+    several: the main protocol or variant (the one with the most runs) keeps the plain name.
+    """
+    left_out = []
+    usable: list[RunRecord] = []
+    for run in runs:
+        if run.status != "finished":
+            left_out.append((run, run.status + (f" ({run.reason})" if run.reason else "")))
+        elif not run.identity:
+            left_out.append((run, "meta.json records no run identity (made by an older "
+                                  "mtrl-bench); rerun it"))
+        else:
+            usable.append(run)
+    by_cell: dict[str, list[RunRecord]] = {}
+    for run in usable:
+        by_cell.setdefault(cell_id(run.identity), []).append(run)
+
+    protocols: dict[tuple[str, str], dict[str, list[RunRecord]]] = {}
+    variants: dict[str, dict[str, list[RunRecord]]] = {}
+    for run in usable:
+        protocols.setdefault((run.suite, run.quality), {}).setdefault(
+            protocol_id(run.identity), []).append(run)
+        variants.setdefault(run.method, {}).setdefault(variant_id(run.identity), []).append(run)
+
+    columns: dict[str, Column] = {}
+    for (suite, quality), groups in protocols.items():
+        main = _majority(groups, key=lambda g: g)
+        base = groups[main][0].identity["protocol"]
+        ordered = [main] + sorted(g for g in groups if g != main)
+        for index, group in enumerate(ordered):
+            label = f"{suite_label(suite)} {quality}"
+            note = ""
+            if len(ordered) > 1:
+                label += f" [{index + 1}]"
+                other = groups[group][0].identity["protocol"]
+                note = ("main protocol (most runs)" if group == main else "differs from [1] in "
+                        + "; ".join(differences(base, other)))
+            columns[group] = Column(suite, quality, group, label, note)
+    rows: dict[tuple[str, str], Row] = {}
+    for method, groups in variants.items():
+        main = _majority(groups, key=lambda g: g)
+        base = groups[main][0].identity["method"]
+        role = _role(groups[main][0])
+        for group, members in groups.items():
+            label = method
+            if group != main:
+                label += f" [{_difference_label(base, members[0].identity['method'])}]"
+            rows[(method, group)] = Row(method, group, label, role["role"],
+                                        role.get("ablation_of"), role.get("components"))
+
+    cells = []
+    for members in by_cell.values():
+        members.sort(key=lambda r: r.seed or 0)
+        first = members[0]
+        cells.append(Cell(columns[protocol_id(first.identity)],
+                          rows[(first.method, variant_id(first.identity))],
+                          first.identity, members))
+    cells.sort(key=lambda c: (column_key(c.column), row_key(c.row)))
+    return cells, left_out
+
+
+# ------------------------------------------------------------------ display order and names
+
+QUALITY_ORDER = ("near-optimal", "sub-optimal")
+ROLE_ORDER = ("baseline", "proposed", "ablation")
+
+
+def suite_label(suite: str) -> str:
+    return suite.upper() if suite.startswith("mt") else suite
+
+
+def suite_key(name: str):
+    from mtrl_bench.suites import FIXED_SUITES
+
+    fixed = list(FIXED_SUITES)
+    return (fixed.index(name), "") if name in fixed else (len(fixed), name)
+
+
+def quality_key(name: str):
+    return (QUALITY_ORDER.index(name), "") if name in QUALITY_ORDER else (len(QUALITY_ORDER), name)
+
+
+def column_key(column: Column):
+    return suite_key(column.suite), quality_key(column.quality), column.label
+
+
+def method_key(name: str):
+    """Registration order (baselines first, as methods/__init__.py imports them), then
+    unregistered names alphabetically."""
+    from mtrl_bench.strategy import registered_strategies
+
+    order = list(registered_strategies())
+    return (order.index(name), "") if name in order else (len(order), name)
+
+
+def row_key(row: Row):
+    role = ROLE_ORDER.index(row.role) if row.role in ROLE_ORDER else len(ROLE_ORDER)
+    return role, method_key(row.method), "[" in row.label, row.label
 
 
 class MetricsLog:

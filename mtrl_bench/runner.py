@@ -26,8 +26,17 @@ from pathlib import Path
 import gin
 
 from mtrl_bench.errors import UserError
+from mtrl_bench.identity import (
+    binding_entries,
+    build_identity,
+    cell_id,
+    describe_difference,
+    ineffective_bindings,
+    parameters,
+    resolve_arguments,
+)
 from mtrl_bench.io import atomic_write_json, atomic_write_text, read_json
-from mtrl_bench.rundir import MetricsLog, is_finished, run_dir, settings_difference
+from mtrl_bench.rundir import MetricsLog, is_finished, run_dir
 
 CONFIG_DIR = Path(importlib.import_module("mtrl_bench.configs").__file__).parent
 PRESETS = ("quick", "paper", "tiny")
@@ -51,7 +60,7 @@ class RunConfig:
     eval_every_sequences: int = 400_000  # HarmoDT: every 5000 iterations x 8 ... x 10
     eval_goals: int = 10  # goals per task in periodic evaluations (HarmoDT: 10)
     final_eval_goals: int = 50  # all goals (MTDiff's MT50-rand protocol)
-    eval_max_steps: int = 500  # evaluation worker count: bind Evaluator.workers
+    eval_max_steps: int = 500  # steps per evaluation episode (Meta-World: 500)
     checkpoint_every_steps: int = 1000
 
     def steps(self, sequences: int, num_tasks: int) -> int:
@@ -59,22 +68,30 @@ class RunConfig:
 
 
 def parse_gin(method: str, preset: str, gin_files: list[str], bindings: list[str]) -> None:
-    """base.gin, then the preset, the method's file, the user's files and bindings."""
+    """base.gin, then the preset, the method's file, the user's files and bindings.
+
+    Bindings the user adds or changes must take effect in this run (see
+    :func:`check_bindings_take_effect`); the package's own files may bind other methods'
+    parameters (an ablation's file includes its parent's)."""
     if preset not in PRESETS:
         raise UserError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
     files = [CONFIG_DIR / "base.gin", CONFIG_DIR / "presets" / f"{preset}.gin"]
     method_file = CONFIG_DIR / "methods" / f"{method}.gin"
     if method_file.exists():
         files.append(method_file)
+    user_files = []
     for name in gin_files:
         if not Path(name).exists():
             raise UserError(f"gin file {name!r} does not exist")
-        files.append(Path(name))
+        user_files.append(Path(name))
     try:
-        parse_gin_files(files, bindings)
+        parse_gin_files(files)
+        package = binding_entries()
+        parse_gin_files(files + user_files, bindings)
     except (ValueError, SyntaxError, KeyError, TypeError, NameError) as err:
         message = " ".join(str(err).split())
         raise UserError(f"bad gin configuration: {message}") from err
+    check_bindings_take_effect(method, package, binding_entries())
 
 
 def parse_gin_files(files: list[Path], bindings=(), skip_unknown: bool = False) -> None:
@@ -106,91 +123,158 @@ class _DropGinPathNotFound(logging.Filter):
         return not record.getMessage().startswith("Path not found:")
 
 
-#: bindings that change how a run is carried out but not what it computes: they may differ
-#: between a run and its resume, and between runs of one table cell
-NOT_PROTOCOL = ("Run.seed", "Run.checkpoint_every_steps", "Trainer.log_every",
-                "Trainer.compile", "Evaluator.workers", "Evaluator.max_envs")
-#: configurables whose bindings define the shared protocol (everything but the method)
-PROTOCOL_SCOPES = ("Run", "Trainer", "PromptDTConfig", "Evaluator")
+#: per built object, the arguments the runner passes itself (and where they come from):
+#: binding them in gin would have no effect, so doing so is an error
+RUNNER_SET: dict[str, dict[str, str]] = {
+    "Trainer": {
+        "datasets": "the suite's datasets", "method": "--method",
+        "total_steps": "from Run.budget_sequences", "batch_size": "from Run.batch_size",
+        "warmup_steps": "from Run.warmup_sequences", "device": "--device",
+        "seed": "from Run.seed / --seed", "model_config": "PromptDTConfig.*",
+        "strategy": "the method's own bindings",
+    },
+    "PromptDTConfig": {"conditioning": "from the method", "num_tasks": "from the suite"},
+    "Evaluator": {
+        "tasks": "the suite", "num_goals": "from Run.eval_goals / Run.final_eval_goals",
+        "goal_indices": "goals 0..n-1, n from Run.eval_goals / Run.final_eval_goals",
+        "max_steps": "from Run.eval_max_steps",
+    },
+    "method": {"update_interval": "from Run.mask_update_every_sequences"},
+}
 
 
-def _operative_bindings() -> dict[str, str]:
-    """Every parsed binding as {"Scope.param": value text}, macros (%NAME) resolved."""
-    entries: list[list[str]] = []
-    for line in gin.config_str().splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        if line[0].isspace() and entries:  # continuation of a multi-line value
-            entries[-1][1] += " " + line.strip()
-        elif " = " in line:
-            entries.append(line.split(" = ", 1))
-    macros = {key: value for key, value in entries if "." not in key}
-    return {key: " ".join(macros.get(value.lstrip("%"), value).split()) if value.startswith("%")
-            else " ".join(value.split()) for key, value in entries if "." in key}
+def _built_objects(method: str) -> dict[str, type]:
+    """Gin name -> class of every configurable a run of ``method`` constructs."""
+    from mtrl_bench.evaluation import Evaluator
+    from mtrl_bench.model import PromptDTConfig
+    from mtrl_bench.strategy import get_strategy_class, gin_name
+    from mtrl_bench.trainer import Trainer
+
+    return {"Run": RunConfig, "PromptDTConfig": PromptDTConfig, "Trainer": Trainer,
+            "Evaluator": Evaluator, gin_name(method): get_strategy_class(method)}
 
 
-def run_settings(method: str) -> dict[str, dict[str, str]]:
-    """What a run computes: the shared protocol and the method's own parameters.
-
-    Stored in meta.json; a finished run, a checkpoint or a table cell is only reused or
-    combined with runs whose settings match (``Run.seed`` and the bindings in
-    NOT_PROTOCOL aside)."""
+def _runner_set(method: str) -> dict[str, dict[str, str]]:
     from mtrl_bench.strategy import gin_name
 
-    bindings = _operative_bindings()
-    own = gin_name(method) + "."
-    return {
-        "protocol": {k: v for k, v in sorted(bindings.items())
-                     if k.split(".")[0] in PROTOCOL_SCOPES and k not in NOT_PROTOCOL},
-        "method": {k: v for k, v in sorted(bindings.items()) if k.startswith(own)},
-    }
+    return {gin_name(method) if owner == "method" else owner: params
+            for owner, params in RUNNER_SET.items()}
+
+
+def check_bindings_take_effect(method: str, before: dict[str, str],
+                               after: dict[str, str]) -> None:
+    """A binding the user added that this run would ignore is an error, not a no-op."""
+    built = {name: {p.name for p in parameters(cls)}
+             for name, cls in _built_objects(method).items()}
+    problems = ineffective_bindings(before, after, built, _runner_set(method))
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise UserError(problems[0] + more)
 
 
 def _check_run_config(cfg: RunConfig) -> None:
-    """Gin accepts any literal: refuse a wrongly typed or non-positive Run.* value early."""
+    """Gin accepts any literal: refuse a wrongly typed or out-of-range Run.* value early."""
     for f in dataclasses.fields(cfg):
         value, expected = getattr(cfg, f.name), type(f.default)
         if type(value) is not expected:
             raise UserError(f"Run.{f.name} must be {expected.__name__}, got {value!r}")
+        if expected is int and f.name.endswith("seed") and value < 0:
+            raise UserError(f"Run.{f.name} must be >= 0, got {value}")
         if expected is int and not f.name.endswith("seed") and value < 1:
             raise UserError(f"Run.{f.name} must be >= 1, got {value}")
 
 
 @dataclass
 class RunPlan:
-    """One configured run: what it trains on, where its directory is, what it computes."""
+    """One configured run: what it trains on, the arguments of everything it builds, its
+    identity and, from that, its directory."""
 
     cfg: RunConfig
     tasks: list[str]
+    method: str
+    arguments: dict[str, dict]  # gin name -> resolved keyword arguments
+    identity: dict  # see mtrl_bench.identity
     path: Path
-    settings: dict[str, dict[str, str]]
+
+    @property
+    def cell(self) -> str:
+        return cell_id(self.identity)
 
     def check_reusable(self, what: str) -> None:
-        """Refuse to skip to, or resume, a run directory made with other settings."""
-        recorded = read_json(self.path / "meta.json").get("settings")
-        if recorded is not None and recorded != self.settings:
-            raise UserError(
-                f"{self.path} holds {what} made with other settings "
-                f"({settings_difference(recorded, self.settings)}); use --force to replace "
-                "it, or another --results-dir")
+        """Refuse to skip to, or resume, a run directory whose identity is not this one's
+        (a directory is named by its identity, so this only trips on copied folders)."""
+        recorded = read_json(self.path / "meta.json").get("identity")
+        if recorded != self.identity:
+            difference = (describe_difference(recorded, self.identity) if recorded
+                          else "it records no identity")
+            raise UserError(f"{self.path} holds {what} of another run ({difference}); use "
+                            "--force to replace it, or another --results-dir")
+
+
+def precision(bf16: bool, device) -> str:
+    """What the trainer computes in: bf16 autocast only on CUDA (Trainer.autocast)."""
+    return "bfloat16-autocast" if bf16 and device.type == "cuda" else "float32"
 
 
 def plan_run(method: str, preset: str = "paper", gin_files=(), bindings=(),
-             results=None) -> RunPlan:
-    """Parse the configuration of one run (gin is global: one run per process)."""
-    from mtrl_bench.data import QUALITIES
-    from mtrl_bench.strategy import get_strategy_class
+             results=None, device: str = "auto") -> RunPlan:
+    """Parse the configuration of one run and resolve every argument of every object it
+    will build (gin is global: one run per process)."""
+    from mtrl_bench.data import GENERATOR_VERSION, QUALITIES
+    from mtrl_bench.strategy import get_strategy_class, gin_name
     from mtrl_bench.suites import resolve_suite
+    from mtrl_bench.trainer import resolve_device
 
-    get_strategy_class(method)
+    method_class = get_strategy_class(method)
     parse_gin(method, preset, list(gin_files), list(bindings))
     cfg = RunConfig()
     _check_run_config(cfg)
     tasks = resolve_suite(cfg.suite)
     if cfg.quality not in QUALITIES:
         raise UserError(f"unknown quality {cfg.quality!r}; valid: {', '.join(QUALITIES)}")
-    path = run_dir(results, cfg.suite, cfg.quality, method, cfg.seed)
-    return RunPlan(cfg, tasks, path, run_settings(method))
+    torch_device = resolve_device(device)
+    n = len(tasks)
+    objects = _built_objects(method)
+    own = gin_name(method)
+    derived = {
+        "PromptDTConfig": {"conditioning": method_class.conditioning, "num_tasks": n},
+        "Trainer": {"method": method, "total_steps": cfg.steps(cfg.budget_sequences, n),
+                    "batch_size": cfg.batch_size,
+                    "warmup_steps": cfg.steps(cfg.warmup_sequences, n),
+                    "device": str(torch_device), "seed": cfg.seed},
+        "Evaluator": {"num_goals": max(cfg.eval_goals, cfg.final_eval_goals),
+                      "goal_indices": None, "max_steps": cfg.eval_max_steps},
+        own: {"update_interval": cfg.steps(cfg.mask_update_every_sequences, n)},
+    }
+    arguments = {"Run": dataclasses.asdict(cfg)}
+    skip = {"Trainer": ("datasets", "model_config", "strategy"), "Evaluator": ("tasks",)}
+    for name in ("PromptDTConfig", "Trainer", own, "Evaluator"):
+        arguments[name] = resolve_arguments(objects[name], name, derived[name],
+                                            skip.get(name, ()))
+    dataset = {"source": "generated", "generator_version": GENERATOR_VERSION}
+    identity = build_identity(method, arguments, own,
+                              precision(arguments["Trainer"]["bf16"], torch_device), dataset,
+                              derived[own])
+    path = run_dir(results, cfg.suite, cfg.quality, method, cell_id(identity), cfg.seed)
+    return RunPlan(cfg, tasks, method, arguments, identity, path)
+
+
+def operative_config(plan: RunPlan) -> str:
+    """config.gin: every argument of every object the run built, as it ran (code defaults
+    included). Values the runner sets are comments, so the file can be passed back with
+    --gin_file to repeat the run."""
+    runner_set = _runner_set(plan.method)
+    lines = ["# mtrl-bench: the arguments of every object this run built, as they ran.",
+             "# Lines starting '# (runner)' are set by the runner, not by gin.", ""]
+    for owner, args in plan.arguments.items():
+        lines.append(f"# {owner}")
+        for name, value in args.items():
+            text = f"{owner}.{name} = {value!r}"
+            if name in runner_set.get(owner, {}):
+                text = f"# (runner) {text}  # {runner_set[owner][name]}"
+            lines.append(text)
+        lines.append("")
+    return "\n".join(lines)
 
 
 def _git_commit() -> str | None:
@@ -288,12 +372,12 @@ def run(method: str, preset: str = "paper", *, gin_files=(), bindings=(), device
 
     from mtrl_bench.data import ensure_suite_dataset
     from mtrl_bench.evaluation import DecisionTransformerAgent, Evaluator
-    from mtrl_bench.strategy import build_strategy
-    from mtrl_bench.trainer import Trainer, resolve_device
+    from mtrl_bench.model import PromptDTConfig
+    from mtrl_bench.strategy import build_strategy, gin_name, method_role
+    from mtrl_bench.trainer import Trainer
 
-    plan = plan_run(method, preset, gin_files, bindings, results)
-    cfg, tasks, path = plan.cfg, plan.tasks, plan.path
-    resolve_device(device)  # fail before any data is generated
+    plan = plan_run(method, preset, gin_files, bindings, results, device)
+    cfg, tasks, path, args = plan.cfg, plan.tasks, plan.path, plan.arguments
     if is_finished(path) and not force:
         plan.check_reusable("a finished run")
         print(f"run {path} is already finished (use --force to redo it)")
@@ -317,12 +401,11 @@ def run(method: str, preset: str = "paper", *, gin_files=(), bindings=(), device
                                     seed=cfg.dataset_seed, episode_length=cfg.episode_length,
                                     progress=progress)
     n = len(tasks)
-    total_steps = cfg.steps(cfg.budget_sequences, n)
-    strategy = build_strategy(method,
-                              update_interval=cfg.steps(cfg.mask_update_every_sequences, n))
-    trainer = Trainer(datasets, method, total_steps=total_steps, batch_size=cfg.batch_size,
-                      warmup_steps=cfg.steps(cfg.warmup_sequences, n), device=device,
-                      seed=cfg.seed, strategy=strategy)
+    # every object gets all of its arguments explicitly: what ran is what plan.identity says
+    strategy = build_strategy(method, **args[gin_name(method)])
+    trainer = Trainer(datasets, **args["Trainer"], strategy=strategy,
+                      model_config=PromptDTConfig(**args["PromptDTConfig"]))
+    total_steps = trainer.total_steps
     metrics = MetricsLog(path / "metrics.jsonl")
     checkpoint = path / "checkpoint.pt"
     meta_path = path / "meta.json"
@@ -338,11 +421,12 @@ def run(method: str, preset: str = "paper", *, gin_files=(), bindings=(), device
         "versions": _versions(), "device": _device_name(trainer.device), "status": "running",
         "started": meta.get("started") or datetime.datetime.now().isoformat(timespec="seconds"),
         "total_steps": total_steps, "sequences_per_step": trainer.sequences_per_step,
-        "settings": plan.settings,
+        "cell": plan.cell, "identity": plan.identity, "arguments": args,
+        "role": method_role(method).as_dict(),
     })
     earlier_wall = meta.get("wall_time_s", 0.0)  # sessions before a resume, to their checkpoint
     atomic_write_json(meta_path, meta)
-    atomic_write_text(path / "config.gin", gin.config_str())
+    atomic_write_text(path / "config.gin", operative_config(plan))
     wandb = _Wandb(wandb_mode, path, f"{cfg.suite}/{cfg.quality}/{method}/seed{cfg.seed}",
                    {"method": method, **meta})
     eval_every = cfg.steps(cfg.eval_every_sequences, n)
@@ -363,7 +447,7 @@ def run(method: str, preset: str = "paper", *, gin_files=(), bindings=(), device
             bar.update(entry["step"] - bar.n)
             bar.set_postfix(loss=f"{entry['loss']:.4f}", seq_s=f"{entry['sequences_per_s']:.0f}")
 
-    with Evaluator(tasks, max_steps=cfg.eval_max_steps) as evaluator:
+    with Evaluator(tasks, **args["Evaluator"]) as evaluator:
         while trainer.step < total_steps:
             boundary = min(total_steps, (trainer.step // eval_every + 1) * eval_every,
                            (trainer.step // cfg.checkpoint_every_steps + 1)
@@ -393,7 +477,6 @@ def run(method: str, preset: str = "paper", *, gin_files=(), bindings=(), device
         "tasks": tasks, "final": final,
         "best": {**best, "label": "best over evaluations (chosen on the evaluation episodes)"},
     })
-    atomic_write_text(path / "config.gin", gin.operative_config_str())
     wall = earlier_wall + time.perf_counter() - started
     meta.update({"status": "finished", "wall_time_s": wall,
                  "finished": datetime.datetime.now().isoformat(timespec="seconds")})
@@ -440,7 +523,8 @@ def plan_from_argv(argv: list[str]) -> tuple[RunPlan, argparse.Namespace]:
     parser = argparse.ArgumentParser(prog="mtrl-bench run")
     configure_parser(parser)
     args = parser.parse_args(argv)
-    plan = plan_run(args.method, args.preset, args.gin_file, _bindings(args), args.results_dir)
+    plan = plan_run(args.method, args.preset, args.gin_file, _bindings(args), args.results_dir,
+                    args.device)
     return plan, args
 
 

@@ -2,9 +2,12 @@
 
 Every function takes scores as arrays of shape (runs, tasks): one row per seed, one column
 per task of the suite, values are success rates (or returns). The unit of replication is the
-run (seed): per-run means feed the Welch and Mann-Whitney tests; the bootstrap is stratified
-by task (each task's seeds are resampled independently, rliable's StratifiedBootstrap), which
-is scipy.stats.bootstrap with one sample per task.
+run: one seed is ONE model trained on every task, so whatever luck a seed has moves all of
+its tasks together. Per-run means feed the Welch and Mann-Whitney tests and the Welch
+t-intervals; the IQM's bootstrap resamples whole runs. (rliable's stratified bootstrap,
+which resamples each task's seeds independently, suits Atari, where every game is its own
+run; here it would average the seed effect away and give intervals several times too
+narrow.)
 
 Quantities that need two or more seeds (std, p-values, intervals) are returned as None with
 one seed, so a table can say "n/a (n=1)" instead of printing a misleading 0 or NaN.
@@ -87,52 +90,40 @@ class Interval:
         return self.low is not None and (self.low > 0 or self.high < 0)
 
 
-def _stratified_bootstrap(samples, statistic, n_resamples, confidence, seed):
+def mean_ci(scores, *, confidence: float = DEFAULT_CONFIDENCE) -> Interval:
+    """t-interval of the mean over runs of the per-run task-mean (n - 1 degrees of freedom)."""
     from scipy import stats as sps
 
-    result = sps.bootstrap(
-        samples,
-        statistic,
-        n_resamples=n_resamples,
-        confidence_level=confidence,
-        method="percentile",
-        vectorized=True,
-        axis=-1,
-        rng=np.random.default_rng(seed),
-    )
-    interval = result.confidence_interval
-    return float(interval.low), float(interval.high)
+    per_run = run_means(scores)
+    estimate = float(per_run.mean())
+    if per_run.size < 2:
+        return Interval(estimate, None, None)
+    half = float(sps.t.ppf(0.5 + confidence / 2, per_run.size - 1)
+                 * per_run.std(ddof=1) / np.sqrt(per_run.size))
+    return Interval(estimate, estimate - half, estimate + half)
 
 
-def mean_diff_ci(
-    a,
-    b,
-    *,
-    n_resamples: int = DEFAULT_RESAMPLES,
-    confidence: float = DEFAULT_CONFIDENCE,
-    seed: int = 0,
-) -> Interval:
-    """Stratified-bootstrap interval of mean(a) - mean(b) over all runs and tasks.
+def mean_diff_ci(a, b, *, confidence: float = DEFAULT_CONFIDENCE) -> Interval:
+    """Welch t-interval of mean(a) - mean(b), with runs as the unit of replication.
 
-    a and b share their task columns but may have different numbers of runs. Each (method,
-    task) column is its own bootstrap sample, so each task's seeds are resampled
-    independently and every resample keeps all tasks.
+    a and b share their task columns but may have different numbers of runs. Each run
+    contributes its mean over tasks; the interval is the Welch (unequal variances)
+    t-interval of the difference of those per-run means, the interval matching
+    :func:`welch_p`. Tasks are not resampled on their own: a seed is one model trained on
+    every task, so its luck moves all its tasks together, and only whole runs replicate.
+    Undefined (None) with fewer than two runs on a side or no variance on either.
     """
+    from scipy import stats as sps
+
     a, b = _as_scores(a), _as_scores(b)
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"task counts differ: {a.shape[1]} vs {b.shape[1]}")
-    estimate = float(a.mean() - b.mean())
-    if a.shape[0] < 2 or b.shape[0] < 2:
+    x, y = run_means(a), run_means(b)
+    estimate = float(x.mean() - y.mean())
+    if x.size < 2 or y.size < 2 or (np.ptp(x) == 0 and np.ptp(y) == 0):
         return Interval(estimate, None, None)
-    num_tasks = a.shape[1]
-
-    def statistic(*columns, axis=-1):
-        means = np.stack([column.mean(axis=axis) for column in columns], axis=-1)
-        return means[..., :num_tasks].mean(axis=-1) - means[..., num_tasks:].mean(axis=-1)
-
-    samples = tuple(a.T) + tuple(b.T)
-    low, high = _stratified_bootstrap(samples, statistic, n_resamples, confidence, seed)
-    return Interval(estimate, low, high)
+    interval = sps.ttest_ind(x, y, equal_var=False).confidence_interval(confidence)
+    return Interval(estimate, float(interval.low), float(interval.high))
 
 
 def iqm(scores) -> float:
@@ -149,19 +140,26 @@ def iqm_ci(
     confidence: float = DEFAULT_CONFIDENCE,
     seed: int = 0,
 ) -> Interval:
-    """IQM with a stratified-bootstrap interval (rliable's aggregate IQM with CIs)."""
+    """IQM with a percentile bootstrap over whole runs.
+
+    Each resample draws runs with replacement and keeps every task of a drawn run (a seed
+    is one model for all tasks), then takes the IQM of all its (run, task) scores. With
+    few runs a percentile bootstrap is narrower than its nominal level: read the interval
+    as a spread over seeds, not as an exact 95% interval.
+    """
     from scipy import stats as sps
 
     scores = _as_scores(scores)
     estimate = iqm(scores)
-    if scores.shape[0] < 2:
+    runs = scores.shape[0]
+    if runs < 2:
         return Interval(estimate, None, None)
-
-    def statistic(*columns, axis=-1):
-        return sps.trim_mean(np.concatenate(columns, axis=axis), 0.25, axis=axis)
-
-    low, high = _stratified_bootstrap(tuple(scores.T), statistic, n_resamples, confidence, seed)
-    return Interval(estimate, low, high)
+    draws = np.random.default_rng(seed).integers(0, runs, size=(n_resamples, runs))
+    resampled = scores[draws].reshape(n_resamples, -1)  # (resamples, runs * tasks)
+    values = sps.trim_mean(resampled, 0.25, axis=1)
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return Interval(estimate, float(low), float(high))
 
 
 def fdr_adjust(pvalues: list[float | None]) -> list[float | None]:
@@ -196,28 +194,21 @@ class Comparison:
     baseline: str
     n_method: int
     n_baseline: int
-    diff: Interval  # mean(method) - mean(baseline), stratified-bootstrap interval
+    diff: Interval  # mean(method) - mean(baseline), Welch t-interval over runs
     p_welch: float | None
     p_mann_whitney: float | None
 
 
-def compare(
-    scores: dict[str, np.ndarray],
-    method: str,
-    baseline: str,
-    *,
-    n_resamples: int = DEFAULT_RESAMPLES,
-    confidence: float = DEFAULT_CONFIDENCE,
-    seed: int = 0,
-) -> Comparison:
-    """Every statistic the tables report for one method against one baseline."""
-    a, b = _as_scores(scores[method]), _as_scores(scores[baseline])
+def compare(a, b, method: str = "method", baseline: str = "baseline", *,
+            confidence: float = DEFAULT_CONFIDENCE) -> Comparison:
+    """Every statistic the tables report for one method's runs ``a`` against ``b``."""
+    a, b = _as_scores(a), _as_scores(b)
     return Comparison(
         method=method,
         baseline=baseline,
         n_method=a.shape[0],
         n_baseline=b.shape[0],
-        diff=mean_diff_ci(a, b, n_resamples=n_resamples, confidence=confidence, seed=seed),
+        diff=mean_diff_ci(a, b, confidence=confidence),
         p_welch=welch_p(a, b),
         p_mann_whitney=mann_whitney_p(a, b),
     )

@@ -23,6 +23,29 @@ from mtrl_bench.masking import MaskSegment
 
 _REGISTRY: dict[str, type[MaskStrategy]] = {}
 _CONFIGURABLE: dict[str, type[MaskStrategy]] = {}  # name -> gin-configurable subclass
+_ROLES: dict[str, MethodRole] = {}
+ROLES = ("baseline", "proposed", "ablation")
+
+
+@dataclass(frozen=True)
+class MethodRole:
+    """Where a method's results go: baselines are what others are tested against, the
+    proposed method and its ablations fill the ablation table (paper Table 4)."""
+
+    role: str = "proposed"  # one of ROLES
+    ablation_of: str | None = None  # for an ablation: the method it takes apart
+    components: str | None = None  # short label of its components in the ablation table
+
+    def __post_init__(self):
+        if self.role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}, not {self.role!r}")
+        if (self.role == "ablation") != (self.ablation_of is not None):
+            raise ValueError("an ablation names the method it is an ablation of "
+                             "(ablation_of=...), and only an ablation does")
+
+    def as_dict(self) -> dict:
+        return {"role": self.role, "ablation_of": self.ablation_of,
+                "components": self.components}
 
 
 def gin_name(name: str) -> str:
@@ -30,13 +53,22 @@ def gin_name(name: str) -> str:
     return name.replace("-", "_")
 
 
-def register_strategy(name: str):
+def register_strategy(name: str, *, role: str = "proposed", ablation_of: str | None = None,
+                      components: str | None = None):
     """Class decorator adding a strategy under ``name``; a second use of a name is an error.
+
+    ``role`` places the method in the tables without editing them: "baseline" (tested
+    against), "proposed" (the default) or "ablation" (with ``ablation_of``, the method it
+    takes apart); ``components`` labels its row in the ablation table (e.g. "A+M"). The
+    role belongs to the registration, so a subclass registered under another name never
+    inherits it.
 
     The strategy also becomes gin-configurable as :func:`gin_name` (``name``). Gin wraps a
     generated subclass, not the class itself, so a subclass registered under another name
     (an ablation) has its own bindings and never inherits its parent's.
     """
+
+    method_role = MethodRole(role, ablation_of, components)
 
     def decorate(cls: type[MaskStrategy]) -> type[MaskStrategy]:
         if not (isinstance(cls, type) and issubclass(cls, MaskStrategy)):
@@ -49,6 +81,7 @@ def register_strategy(name: str):
         cls.name = name
         _CONFIGURABLE[name] = gin.external_configurable(cls, name=gin_name(name))
         _REGISTRY[name] = cls
+        _ROLES[name] = method_role
         return cls
 
     return decorate
@@ -57,7 +90,17 @@ def register_strategy(name: str):
 def registered_strategies() -> dict[str, type[MaskStrategy]]:
     import mtrl_bench.methods  # noqa: F401  (importing registers the built-in methods)
 
-    return dict(sorted(_REGISTRY.items()))
+    # built-in methods first, in the order methods/__init__.py imports them (the order
+    # tables list methods in), then the others in the order they were registered
+    order = list(_REGISTRY)
+    return dict(sorted(_REGISTRY.items(), key=lambda item: (
+        not item[1].__module__.startswith("mtrl_bench.methods."), order.index(item[0]))))
+
+
+def method_role(name: str) -> MethodRole | None:
+    """The registered role of method ``name`` (None for a name not registered here)."""
+    registered_strategies()
+    return _ROLES.get(name)
 
 
 def get_strategy_class(name: str) -> type[MaskStrategy]:
@@ -159,3 +202,40 @@ class ERKMaskStrategy(MaskStrategy):
     ) -> torch.Tensor:
         return erk_random_masks(num_tasks, segments, self.initial_sparsity, generator,
                                 device=theta.device)
+
+
+#: signed log10 histogram of scores logged at mask updates: 10^LOW .. 10^HIGH in
+#: magnitude, PER_DECADE bins a decade on each side, and one bin for |score| <= 10^LOW
+HIST_LOW, HIST_HIGH, HIST_PER_DECADE = -22, 2, 4
+
+
+def signed_log_histogram(scores: torch.Tensor) -> dict:
+    """Counts of ``scores`` (any shape, all tasks pooled) in signed log10 bins.
+
+    Conflict scores are products of gradients: they span many decades on both sides of 0,
+    so linear bins put nearly everything in one bin. Bin edges follow from the record
+    (:func:`histogram_edges`); the record keeps only the span of non-empty bins. Overwrites
+    ``scores``.
+    """
+    side = (HIST_HIGH - HIST_LOW) * HIST_PER_DECADE
+    negative = (scores < 0).to(torch.int8).mul_(-2).add_(1)  # -1 below 0, else +1
+    # u = sign * (log10|s| - LOW): 0 for |s| <= 10^LOW, +-(HIGH - LOW) at the top
+    u = scores.abs_().clamp_(min=10.0 ** HIST_LOW, max=10.0 ** HIST_HIGH).log10_()
+    u.sub_(HIST_LOW).mul_(negative)
+    del negative
+    zero = int((u == 0).sum())
+    span = float(HIST_HIGH - HIST_LOW)
+    counts = torch.histc(u, bins=2 * side, min=-span, max=span).long()
+    counts[side] -= zero  # histc puts u == 0 in the first positive bin
+    full = counts[:side].tolist() + [zero] + counts[side:].tolist()
+    nonzero = [i for i, c in enumerate(full) if c]
+    first, last = (nonzero[0], nonzero[-1]) if nonzero else (side, side)
+    return {"scale": "signed-log10", "low": HIST_LOW, "high": HIST_HIGH,
+            "per_decade": HIST_PER_DECADE, "first": first, "counts": full[first:last + 1]}
+
+
+def histogram_edges(low: int, high: int, per_decade: int) -> list[float]:
+    """All bin edges, in score units, of a :func:`signed_log_histogram` with these bounds;
+    a record's counts fill bins ``first, first + 1, ...``."""
+    magnitudes = [10.0 ** (low + k / per_decade) for k in range((high - low) * per_decade + 1)]
+    return [-m for m in reversed(magnitudes)] + magnitudes  # the zero bin sits between

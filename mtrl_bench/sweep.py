@@ -14,7 +14,7 @@ import queue
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from mtrl_bench.errors import UserError
 from mtrl_bench.rundir import is_finished
@@ -27,20 +27,41 @@ class RunSpec:
     quality: str
     seed: int
     extra_args: tuple[str, ...] = field(default=())
+    grid: tuple[str, ...] = field(default=())  # gin bindings of one --grid point
+
+    def run_args(self) -> list[str]:
+        """The arguments of ``mtrl-bench run`` for this run."""
+        bindings = [arg for binding in self.grid for arg in ("--gin_binding", binding)]
+        return ["--method", self.method, "--suite", self.suite, "--quality", self.quality,
+                "--seed", str(self.seed), *self.extra_args, *bindings]
 
     def command(self) -> list[str]:
-        return [
-            sys.executable, "-m", "mtrl_bench", "run", "--method", self.method,
-            "--suite", self.suite, "--quality", self.quality, "--seed", str(self.seed),
-            *self.extra_args,
-        ]
+        return [sys.executable, "-m", "mtrl_bench", "run", *self.run_args()]
 
     @property
     def label(self) -> str:
-        return f"{self.suite}/{self.quality}/{self.method}/seed{self.seed}"
+        point = f"[{', '.join(self.grid)}]" if self.grid else ""
+        return f"{self.suite}/{self.quality}/{self.method}{point}/seed{self.seed}"
 
 
-def build_grid(methods, suites, qualities, seeds, extra_args=()) -> list[RunSpec]:
+def parse_grid(grids: list[str]) -> list[tuple[str, ...]]:
+    """``["SOCODT_BETA_MIN=1,5,10", "socodt.alpha=10,20"]`` -> every combination, each a
+    tuple of gin bindings; one empty point without grids. Values are gin literals and may
+    not contain commas."""
+    axes = []
+    for grid in grids:
+        key, sep, values = grid.partition("=")
+        key, items = key.strip(), [v.strip() for v in values.split(",")]
+        if not sep or not key or not all(items):
+            raise UserError(f"bad --grid {grid!r}: expected NAME=V1,V2,... (e.g. "
+                            "'SOCODT_BETA_MIN=1,5,10' or 'Trainer.learning_rate=1e-4,3e-4')")
+        if len(set(items)) != len(items):
+            raise UserError(f"--grid {grid!r} repeats a value")
+        axes.append([f"{key} = {item}" for item in items])
+    return [tuple(point) for point in itertools.product(*axes)]
+
+
+def build_grid(methods, suites, qualities, seeds, extra_args=(), grid=((),)) -> list[RunSpec]:
     from mtrl_bench.data import QUALITIES
     from mtrl_bench.strategy import get_strategy_class
     from mtrl_bench.suites import resolve_suite
@@ -53,8 +74,8 @@ def build_grid(methods, suites, qualities, seeds, extra_args=()) -> list[RunSpec
         if quality not in QUALITIES:
             raise UserError(f"unknown quality {quality!r}; valid: {', '.join(QUALITIES)}")
     return [
-        RunSpec(m, s, q, seed, tuple(extra_args))
-        for s, q, m, seed in itertools.product(suites, qualities, methods, seeds)
+        RunSpec(m, s, q, seed, tuple(extra_args), point)
+        for s, q, m, point, seed in itertools.product(suites, qualities, methods, grid, seeds)
     ]
 
 
@@ -120,6 +141,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--suites", nargs="+", required=True)
     parser.add_argument("--qualities", nargs="+", default=["near-optimal"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2,...",
+                        help="a gin binding or macro and its values, each value its own cell "
+                             "(repeatable: the product); applied to the methods it affects, "
+                             "e.g. 'SOCODT_BETA_MIN=1,5,10'")
     parser.add_argument("--executor", choices=["local", "ray"], default="local")
     parser.add_argument("--parallel", type=int, default=None,
                         help="local executor: runs at a time (default: one per GPU, else 1)")
@@ -151,29 +176,53 @@ def _prepare_datasets(plans: list[tuple]) -> None:
                                    episode_length=cfg.episode_length)
 
 
-def run_command(args: argparse.Namespace) -> int:
+def plan_sweep(specs: list[RunSpec]):
+    """Plan every spec; returns (runs to do with their plans, finished count, skipped lines).
+
+    A grid binding that has no effect for a method (say SOCODT_BETA_MIN for promptdt) is
+    dropped for that method, and specs that then plan the same run directory run once.
+    """
     from mtrl_bench.runner import plan_from_argv
 
+    todo, seen, finished, notes = [], set(), 0, []
+    for spec in specs:
+        point = list(spec.grid)
+        while True:
+            try:
+                plan, run_args = plan_from_argv(replace(spec, grid=tuple(point)).run_args())
+                break
+            except UserError as err:
+                dropped = next((b for b in point if str(err).startswith(b.split(" = ")[0]
+                                                                        + " has no effect")),
+                               None)
+                if dropped is None:
+                    raise
+                point.remove(dropped)
+                notes.append(f"{spec.method}: --grid {dropped} has no effect, not applied")
+        if plan.path in seen:
+            continue
+        seen.add(plan.path)
+        if is_finished(plan.path) and not run_args.force:
+            plan.check_reusable("a finished run")
+            finished += 1
+            continue
+        todo.append((replace(spec, grid=tuple(point)), plan, run_args.data_dir))
+    return todo, finished, sorted(set(notes))
+
+
+def run_command(args: argparse.Namespace) -> int:
     extra = [a for a in args.run_args if a != "--"]
     if args.results_dir:
         extra += ["--results-dir", args.results_dir]
-    specs = build_grid(args.methods, args.suites, args.qualities, args.seeds, extra)
-    todo, plans, conflicts = [], [], []
-    for spec in specs:
-        plan, run_args = plan_from_argv(spec.command()[4:])
-        if is_finished(plan.path) and not run_args.force:
-            try:
-                plan.check_reusable("a finished run")
-            except UserError as err:
-                conflicts.append(str(err))
-            continue
-        todo.append(spec)
-        plans.append((plan, run_args.data_dir))
-    if conflicts:
-        raise UserError(f"{len(conflicts)} finished run(s) of this grid were made with other "
-                        f"settings, e.g. {conflicts[0]} (pass --force after -- to redo them)")
-    print(f"sweep: {len(specs)} runs, {len(specs) - len(todo)} already finished, "
-          f"{len(todo)} to run ({args.executor})")
+    specs = build_grid(args.methods, args.suites, args.qualities, args.seeds, extra,
+                       parse_grid(args.grid))
+    planned, finished, notes = plan_sweep(specs)
+    for note in notes:
+        print(f"sweep: {note}")
+    todo = [spec for spec, _, _ in planned]
+    total = len(todo) + finished
+    print(f"sweep: {total} runs, {finished} already finished, {len(todo)} to run "
+          f"({args.executor})")
     if args.dry_run:
         for spec in todo:
             print("  mtrl-bench " + " ".join(spec.command()[3:]))
@@ -182,7 +231,7 @@ def run_command(args: argparse.Namespace) -> int:
         gpus = args.gpus_per_run if args.gpus_per_run is not None else float(bool(_visible_gpus()))
         codes = run_ray(todo, args.address, gpus)
     else:
-        _prepare_datasets(plans)
+        _prepare_datasets([(plan, data_dir) for _, plan, data_dir in planned])
         codes = run_local(todo, args.parallel)
     failed = {label: code for label, code in codes.items() if code != 0}
     for label, code in failed.items():

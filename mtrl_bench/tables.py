@@ -1,159 +1,97 @@
 """`mtrl-bench table`: the paper's tables rebuilt from run directories alone.
 
-Reads ``<runs>/<suite>/<quality>/<method>/seed<N>/`` (meta.json + final.json; only finished
-runs count, the others are listed as not included) and writes Markdown, CSV and LaTeX into
-the output folder:
+Runs are grouped into cells by :func:`mtrl_bench.rundir.group_cells` (one identity = one
+cell: a row is a method with one set of its own parameters, a column is a suite x dataset
+quality x protocol), the only grouping any table or figure uses. Written to the output
+folder as Markdown, CSV and LaTeX:
 
-- table1: success (%) per method x suite x dataset quality, mean ± std over seeds, best in
-  bold, seed count per cell, each method compared with the best baseline of its column
-  (Welch t-test p, Benjamini-Hochberg adjusted, and a stratified-bootstrap CI of the
-  difference). The headline uses the final checkpoint; table1_best repeats it for the best
-  evaluation (HarmoDT's convention), labelled as such.
-- table4: the component ablations (A+M, S+M, S+A, S+A+M): success and return.
-- per_task: success per task per method (mean over seeds), one section per suite x quality.
-- iqm: interquartile mean over (seed, task) scores with stratified-bootstrap intervals.
+- table1: success (%) per row x column, mean ± std over seeds, and Δ vs the column's named
+  reference baseline with a Welch t-interval over seeds; arrows only where both sides have
+  enough seeds (``--min-seeds``, default 5) and the BH-adjusted Welch p and the interval
+  agree; a companion table lists every comparison. The headline is the final checkpoint;
+  table1_best repeats it for the best evaluation, labelled as such.
+- table4: each proposed method and its registered ablations: success and return.
+- per_task: success per task per row, one section per column.
+- iqm: interquartile mean over (seed, task) scores with a bootstrap over whole runs.
+- mask_dynamics: per masked row, final sparsity, mean soft value and entries conflicted /
+  recovered per update, from metrics.jsonl.
+- runs_long.csv: one row per run x task (final and best), every run the tables use.
 
-Missing runs are shown as "—" (empty in CSV, with status "missing"), never as 0.
+Every output lists the runs it leaves out and why. Missing cells are "—" (empty in CSV),
+never 0.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import io
-import json
 import math
-import re
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from mtrl_bench import stats
 from mtrl_bench.errors import UserError
-from mtrl_bench.io import atomic_write_text, read_json
-from mtrl_bench.rundir import add_results_arguments, results_paths, settings_difference
+from mtrl_bench.identity import differences
+from mtrl_bench.io import atomic_write_text
+from mtrl_bench.render import (
+    MISSING,
+    Entry,
+    Table,
+    csv_text,
+    fmt_p,
+    interval_text,
+    nan_if_none,
+    number,
+    pct,
+)
+from mtrl_bench.rundir import (
+    Cell,
+    Column,
+    MetricsLog,
+    Row,
+    RunRecord,
+    add_results_arguments,
+    column_key,
+    group_cells,
+    results_paths,
+    row_key,
+    scan_runs,
+)
 
-# Display order; methods not listed follow alphabetically.
-METHOD_ORDER = (
-    "promptdt", "mtdt", "harmodt-r", "harmodt-m", "harmodt-f", "harmodt",
-    "socodt-hard", "socodt-fixed", "socodt-nomag", "socodt",
-)
-QUALITY_ORDER = ("near-optimal", "sub-optimal")
-# Paper Table 4: S = soft masks, A = adaptive (IQR) sparsity, M = magnitude-sensitive harmony.
-ABLATIONS = (
-    ("socodt-hard", "A+M"),
-    ("socodt-fixed", "S+M"),
-    ("socodt-nomag", "S+A"),
-    ("socodt", "S+A+M"),
-)
-ABLATION_ONLY = frozenset(name for name, _ in ABLATIONS if name != "socodt")
 ALPHA = 0.05
-SEED_DIR = re.compile(r"seed\d+")
+DEFAULT_MIN_SEEDS = 5
 METRIC_LABELS = {
     "final": "final checkpoint",
     "best": "best over evaluations (HarmoDT's max over evaluations; not the headline)",
 }
+PAPER = "cf. SoCo-DT paper"
 
 
-# ---------------------------------------------------------------------------- run directories
+# ---------------------------------------------------------------------------- scores
 
 
 @dataclass
-class Run:
-    """One run directory as found on disk; ``results`` is final.json when finished."""
+class CellScores:
+    """A cell's numbers for one metric: arrays of shape (seeds, tasks)."""
 
-    path: Path
-    method: str
-    suite: str
-    quality: str
-    seed: int | None
-    status: str  # finished | running (or another meta.json status) | incomplete | unreadable
-    reason: str = ""
-    results: dict | None = None
-    tasks: list[str] = field(default_factory=list)
-    settings: dict | None = None  # meta.json "settings": {"protocol": ..., "method": ...}
+    cell: Cell
+    tasks: list[str]
+    seeds: list[int]
+    success: np.ndarray
+    returns: np.ndarray
 
     @property
-    def protocol(self) -> dict:
-        """The shared protocol (budget, model, data, evaluation); {} if not recorded."""
-        return (self.settings or {}).get("protocol", {})
+    def row(self) -> Row:
+        return self.cell.row
 
-    def label(self) -> str:
-        seed = "?" if self.seed is None else self.seed
-        return f"{self.method} {self.suite} {self.quality} seed{seed}"
-
-
-def _load_run(path: Path) -> Run:
-    suite_dir, quality, method = path.parts[-4:-1]
-    seed_text = path.name.removeprefix("seed")
-    run = Run(path, method, suite_dir, quality, int(seed_text) if seed_text.isdigit() else None,
-              "unreadable")
-    try:
-        meta = read_json(path / "meta.json")
-        run.method = str(meta.get("method", method))
-        run.suite = str(meta.get("suite", suite_dir))
-        run.quality = str(meta.get("quality", quality))
-        run.seed = int(meta.get("seed", run.seed))
-        run.tasks = [str(task) for task in meta.get("tasks", [])]
-        run.settings = meta.get("settings")
-    except (OSError, ValueError, TypeError, AttributeError) as err:
-        run.reason = f"meta.json unreadable ({type(err).__name__})"
-        return run
-    if meta.get("status") != "finished":
-        run.status = str(meta.get("status") or "running")
-        return run
-    if not (path / "final.json").exists():
-        run.status, run.reason = "incomplete", "final.json missing"
-        return run
-    try:
-        run.results = read_json(path / "final.json")
-    except (OSError, ValueError) as err:
-        run.reason = f"final.json unreadable ({type(err).__name__})"
-        return run
-    run.status = "finished"
-    return run
+    @property
+    def column(self) -> Column:
+        return self.cell.column
 
 
-def scan_runs(runs_dir: Path) -> list[Run]:
-    """Every run directory under ``runs_dir``, finished or not."""
-    return [_load_run(p) for p in sorted(Path(runs_dir).glob("*/*/*/seed*"))
-            if p.is_dir() and SEED_DIR.fullmatch(p.name)]  # not seed0.bak, seed0-old, ...
-
-
-def method_key(name: str):
-    return (METHOD_ORDER.index(name), "") if name in METHOD_ORDER else (len(METHOD_ORDER), name)
-
-
-def suite_key(name: str):
-    from mtrl_bench.suites import FIXED_SUITES
-
-    fixed = list(FIXED_SUITES)
-    return (fixed.index(name), "") if name in fixed else (len(fixed), name)
-
-
-def quality_key(name: str):
-    return (QUALITY_ORDER.index(name), "") if name in QUALITY_ORDER else (len(QUALITY_ORDER), name)
-
-
-def column_key(column: tuple[str, str]):
-    return suite_key(column[0]), quality_key(column[1])
-
-
-@dataclass
-class CellData:
-    """All finished runs of one suite x quality: per method, arrays of shape (seeds, tasks)."""
-
-    suite: str
-    quality: str
-    tasks: list[str]
-    success: dict[str, np.ndarray] = field(default_factory=dict)
-    returns: dict[str, np.ndarray] = field(default_factory=dict)
-    seeds: dict[str, list[int]] = field(default_factory=dict)
-
-
-def _scores(run: Run, metric: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+def _run_scores(run: RunRecord, metric: str) -> tuple[list[str], np.ndarray, np.ndarray]:
     results = run.results
     tasks = [str(t) for t in results["tasks"]]
     block = results[metric]
@@ -161,440 +99,541 @@ def _scores(run: Run, metric: str) -> tuple[list[str], np.ndarray, np.ndarray]:
     returns = np.array([float(block["return"][t]) for t in tasks])
     if not (np.all(np.isfinite(success)) and np.all((success >= 0) & (success <= 1))):
         raise ValueError("success rates outside [0, 1]")
+    if not np.all(np.isfinite(returns)):
+        raise ValueError("non-finite returns")
     return tasks, success, returns
 
 
-def _cell_protocols(runs: list[Run]) -> dict[tuple[str, str], dict]:
-    """Per (suite, quality) the protocol most of its runs share (ties: the first in a fixed
-    order); runs with another one (a different preset, budget, model...) are left out of
-    the cell rather than averaged with it."""
-    counts = Counter((r.suite, r.quality, json.dumps(r.protocol, sort_keys=True))
-                     for r in runs)
-    chosen: dict[tuple[str, str], dict] = {}
-    for (suite, quality, protocol), _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
-        chosen.setdefault((suite, quality), json.loads(protocol))
-    return chosen
+def cell_scores(cells: list[Cell], metric: str):
+    """(scores of every cell with usable runs, [(run, why it was left out)])."""
+    out, left_out = [], []
+    for cell in cells:
+        tasks, seeds, success, returns = None, [], [], []
+        for run in cell.runs:
+            try:
+                run_tasks, s, r = _run_scores(run, metric)
+            except (KeyError, TypeError, ValueError) as err:
+                left_out.append((run, f"final.json has no usable {metric!r} scores ({err})"))
+                continue
+            if tasks is None:
+                tasks = run_tasks
+            if sorted(run_tasks) != sorted(tasks):
+                left_out.append((run, "final.json lists other tasks than its cell's runs"))
+                continue
+            order = [run_tasks.index(t) for t in tasks]
+            seeds.append(run.seed)
+            success.append(s[order])
+            returns.append(r[order])
+        if seeds:
+            out.append(CellScores(cell, tasks, seeds, np.stack(success), np.stack(returns)))
+    return out, left_out
 
 
-def collect_cells(runs: list[Run], metric: str) -> tuple[dict[tuple[str, str], CellData], list]:
-    """Group finished runs by (suite, quality); runs whose final.json cannot be used are
-    returned as (run, reason) instead of being dropped silently."""
-    rows: dict[tuple[str, str], dict[str, list]] = {}
-    rejected = []
-    cells: dict[tuple[str, str], CellData] = {}
-    finished = sorted((r for r in runs if r.status == "finished"), key=lambda r: (r.seed or 0))
-    protocols = _cell_protocols(finished)
-    for run in finished:
-        key = (run.suite, run.quality)
-        if run.protocol != protocols[key]:
-            difference = settings_difference({"": protocols[key]}, {"": run.protocol})
-            rejected.append((run, f"made with another protocol than the other runs of its "
-                                  f"suite and dataset ({difference})"))
-            continue
-        try:
-            tasks, success, returns = _scores(run, metric)
-        except (KeyError, TypeError, ValueError) as err:
-            rejected.append((run, f"final.json has no usable {metric!r} scores ({err})"))
-            continue
-        cell = cells.setdefault(key, CellData(run.suite, run.quality, tasks))
-        if sorted(tasks) != sorted(cell.tasks):
-            rejected.append((run, "its task list differs from other runs of the same suite"))
-            continue
-        order = [tasks.index(t) for t in cell.tasks]
-        per_method = rows.setdefault(key, {}).setdefault(run.method, [])
-        per_method.append((run.seed, success[order], returns[order]))
-    for key, methods in rows.items():
-        cell = cells[key]
-        for method, entries in methods.items():
-            cell.seeds[method] = [seed for seed, _, _ in entries]
-            cell.success[method] = np.stack([s for _, s, _ in entries])
-            cell.returns[method] = np.stack([r for _, _, r in entries])
-    return dict(sorted(cells.items(), key=lambda item: column_key(item[0]))), rejected
+class Grid:
+    """Cell scores addressed by (row, column), with rows and columns in display order."""
 
+    def __init__(self, scores: list[CellScores]):
+        self.columns = sorted({s.column for s in scores}, key=column_key)
+        self.rows = sorted({s.row for s in scores}, key=row_key)
+        self.at = {(s.row, s.column): s for s in scores}
 
-# ---------------------------------------------------------------------------- rendering
+    def get(self, row: Row, column: Column) -> CellScores | None:
+        return self.at.get((row, column))
 
 
 @dataclass
-class Cell:
-    """One table entry; rendered differently for Markdown and LaTeX."""
-
-    text: str
-    bold: bool = False
-    mark: str = ""  # "up" / "down": significantly better / worse than the best baseline
-    n: int | None = None  # seed count, shown as "(n=3)"
-
-    def markdown(self) -> str:
-        text = f"**{self.text}**" if self.bold else self.text
-        text += {"up": " ↑", "down": " ↓"}.get(self.mark, "")
-        return text + (f" (n={self.n})" if self.n is not None else "")
-
-    def latex(self) -> str:
-        text = tex_escape(self.text)
-        text = f"\\textbf{{{text}}}" if self.bold else text
-        text += {"up": "$^{\\uparrow}$", "down": "$^{\\downarrow}$"}.get(self.mark, "")
-        return text + (f" {{\\scriptsize (n={self.n})}}" if self.n is not None else "")
-
-
-MISSING = Cell("—")
-_TEX_REPLACEMENTS = {
-    "\\": "\\textbackslash{}", "&": "\\&", "%": "\\%", "$": "\\$", "#": "\\#", "_": "\\_",
-    "{": "\\{", "}": "\\}", "~": "\\textasciitilde{}", "^": "\\textasciicircum{}",
-    "±": "$\\pm$", "—": "--", "Δ": "$\\Delta$", "≥": "$\\geq$", "↑": "$\\uparrow$",
-    "↓": "$\\downarrow$", "–": "--", "−": "$-$", "×": "$\\times$",
-}
-
-
-def tex_escape(text: str) -> str:
-    return "".join(_TEX_REPLACEMENTS.get(ch, ch) for ch in text)
-
-
-@dataclass
-class Table:
-    title: str
-    columns: list[tuple[str, str]]  # (group, name); groups become a second header row in LaTeX
-    rows: list[list]  # entries are Cell or str
-    notes: list[str] = field(default_factory=list)
-
-    def markdown(self) -> str:
-        from tabulate import tabulate
-
-        headers = [f"{group} {name}".strip() for group, name in self.columns]
-        body = [[c.markdown() if isinstance(c, Cell) else c for c in row] for row in self.rows]
-        table = tabulate(body, headers=headers, tablefmt="pipe", disable_numparse=True)
-        notes = "".join(f"\n- {note}" for note in self.notes)
-        return f"### {self.title}\n\n{table}\n{notes}\n"
-
-    def latex(self) -> str:
-        lines = [
-            "\\begin{table}[t]", "\\centering", f"\\caption{{{tex_escape(self.title)}}}",
-            f"\\begin{{tabular}}{{l{'c' * (len(self.columns) - 1)}}}", "\\toprule",
-        ]
-        if any(group for group, _ in self.columns):
-            spans: list[list] = []
-            for group, _ in self.columns:
-                if spans and spans[-1][0] == group:
-                    spans[-1][1] += 1
-                else:
-                    spans.append([group, 1])
-            lines.append(" & ".join(
-                f"\\multicolumn{{{width}}}{{c}}{{{tex_escape(group)}}}" if width > 1
-                else tex_escape(group) for group, width in spans) + " \\\\")
-        lines.append(" & ".join(tex_escape(name) for _, name in self.columns) + " \\\\")
-        lines.append("\\midrule")
-        for row in self.rows:
-            lines.append(" & ".join(
-                c.latex() if isinstance(c, Cell) else tex_escape(c) for c in row) + " \\\\")
-        lines += ["\\bottomrule", "\\end{tabular}"]
-        for note in self.notes:
-            lines.append(f"\\par\\footnotesize {tex_escape(note)}")
-        lines.append("\\end{table}")
-        return "\n".join(lines) + "\n"
-
-
-def pct(value: float) -> str:
-    return f"{100 * value:.2f}"
-
-
-def fmt_p(p: float | None) -> str:
-    if p is None:
-        return "n/a"
-    return "<0.001" if p < 0.001 else f"{p:.3f}"
-
-
-def suite_label(suite: str) -> str:
-    return suite.upper() if suite.startswith("mt") else suite
-
-
-def mean_std_cell(summary: stats.SeedSummary, scale: float = 100.0, digits: int = 2) -> Cell:
-    text = f"{scale * summary.mean:.{digits}f}"
-    if summary.std is not None:
-        text += f" ± {scale * summary.std:.{digits}f}"
-    return Cell(text, n=summary.n)
-
-
-def _best_flags(values: dict[str, float]) -> set[str]:
-    """Names whose value ties the maximum (all bold on ties, as the paper does at 100%)."""
-    if not values:
-        return set()
-    top = max(values.values())
-    return {name for name, value in values.items() if math.isclose(value, top, abs_tol=1e-9)}
-
-
-def _nan(value, scale: float = 1.0) -> float:
-    """CSV value: undefined statistics (one seed) become an empty field, not 0."""
-    return np.nan if value is None else scale * value
-
-
-# ---------------------------------------------------------------------------- the tables
-
-
-@dataclass
-class Settings:
+class TableOptions:
     metric: str = "final"
-    baselines: tuple[str, ...] | None = None  # None: every method not named socodt*
+    baselines: tuple[str, ...] | None = None  # None: the methods registered as baselines
+    reference: str | None = None  # a row label; None: the best baseline of each column
+    min_seeds: int = DEFAULT_MIN_SEEDS
     n_resamples: int = stats.DEFAULT_RESAMPLES
     seed: int = 0
 
-    def is_baseline(self, method: str) -> bool:
+    def is_baseline(self, row: Row) -> bool:
         if self.baselines is None:
-            return not method.startswith("socodt")
-        return method in self.baselines
+            return row.role == "baseline"
+        return row.method in self.baselines or row.label in self.baselines
+
+    @property
+    def label(self) -> str:
+        return METRIC_LABELS[self.metric]
 
 
-def table1(cells: dict[tuple[str, str], CellData], settings: Settings):
-    """Paper Table 1 with significance against the best baseline; returns (tables, csv rows)."""
-    columns = list(cells)
-    methods = sorted({m for c in cells.values() for m in c.success if m not in ABLATION_ONLY},
-                     key=method_key)
-    baselines = [m for m in methods if settings.is_baseline(m)]
-    summaries = {key: {m: stats.summarize(cell.success[m]) for m in cell.success}
-                 for key, cell in cells.items()}
-    comparisons = []  # (column, best baseline, Comparison)
-    for key, cell in cells.items():
-        best_base = stats.best_method(cell.success, baselines)
-        for method in methods:
-            if best_base is None or method == best_base or method not in cell.success:
+def mean_std_entry(summary: stats.SeedSummary, scale: float = 100.0, digits: int = 2) -> Entry:
+    text = number(scale * summary.mean, digits)
+    if summary.std is not None:
+        text += f" ± {number(scale * summary.std, digits)}"
+    return Entry(text, n=summary.n)
+
+
+def _best(values: dict, tolerance: float = 1e-9) -> set:
+    """Keys whose value ties the maximum (all bold on ties, as the paper does at 100%)."""
+    if not values:
+        return set()
+    top = max(values.values())
+    return {key for key, value in values.items() if math.isclose(value, top, abs_tol=tolerance)}
+
+
+def _identity_notes(rows: list[Row], grid: Grid) -> list[str]:
+    """Say in full what sets apart columns of one suite and rows of one method."""
+    notes = [f"{c.label}: {c.note}." for c in grid.columns if c.note]
+    identities = {row: s.cell.identity["method"] for (row, _), s in grid.at.items()}
+    for row in rows:
+        main = next((r for r in rows if r.method == row.method and r.label == r.method), None)
+        if row is not main and main is not None:
+            notes.append(f"{row.label}: {row.method} with "
+                         + "; ".join(differences(identities[main], identities[row])) + ".")
+    return notes
+
+
+def _base_record(row: Row, column: Column, options: TableOptions) -> dict:
+    return dict(suite=column.suite, quality=column.quality, column=column.label,
+                protocol=column.protocol, method=row.method, row=row.label,
+                variant=row.variant, role=row.role, metric=options.metric)
+
+
+# ---------------------------------------------------------------------------- Table 1
+
+
+@dataclass
+class Verdict:
+    comparison: stats.Comparison
+    p_adjusted: float | None
+    powered: bool  # at least min_seeds runs on both sides
+    mark: str  # "up" / "down" / ""
+
+    def text(self, min_seeds: int) -> str:
+        if self.mark:
+            return {"up": "↑ higher", "down": "↓ lower"}[self.mark]
+        if self.comparison.diff.low is None:
+            return "n/a (needs ≥2 seeds a side and some variance)"
+        if not self.powered:
+            return f"under-powered (<{min_seeds} seeds a side)"
+        return "not significant"
+
+
+def reference_rows(grid: Grid, rows: list[Row], options: TableOptions) -> dict[Column, Row]:
+    """Per column the reference baseline: ``options.reference`` where it has runs, else the
+    baseline row with the highest mean among those with at least 2 seeds."""
+    references = {}
+    for column in grid.columns:
+        present = {r.label: grid.get(r, column).success for r in rows if grid.get(r, column)}
+        if options.reference is not None:
+            label = options.reference if options.reference in present else None
+        else:
+            label = stats.best_method(
+                present, [r.label for r in rows if options.is_baseline(r) and r.label in present])
+        if label is not None:
+            references[column] = next(r for r in rows if r.label == label)
+    return references
+
+
+def table1(grid: Grid, options: TableOptions):
+    """Paper Table 1 with Δ vs a named reference baseline; returns (tables, csv rows)."""
+    rows = [r for r in grid.rows if r.role != "ablation"]
+    references = reference_rows(grid, rows, options)
+    pending = []  # (column, row, Comparison)
+    for column, reference in references.items():
+        base = grid.get(reference, column)
+        for row in rows:
+            scores = grid.get(row, column)
+            if scores is not None and row != reference:
+                pending.append((column, row, stats.compare(
+                    scores.success, base.success, row.label, reference.label)))
+    adjusted = stats.fdr_adjust([c.p_welch for _, _, c in pending])
+    verdicts: dict[tuple[Row, Column], Verdict] = {}
+    for (column, row, comp), p_adj in zip(pending, adjusted):
+        powered = min(comp.n_method, comp.n_baseline) >= options.min_seeds
+        significant = p_adj is not None and p_adj < ALPHA and comp.diff.excludes_zero()
+        mark = ("up" if comp.diff.estimate > 0 else "down") if powered and significant else ""
+        verdicts[(row, column)] = Verdict(comp, p_adj, powered, mark)
+    tested = sum(p is not None for p in adjusted)
+
+    columns = [("", "Method")]
+    for column in grid.columns:
+        reference = references.get(column)
+        columns += [(column.label, "success (%)"),
+                    (column.label, f"Δ vs {reference.label} (pp)" if reference
+                     else "Δ (no reference)")]
+    summaries = {key: stats.summarize(s.success) for key, s in grid.at.items()}
+    bold = {c: _best({r: summaries[(r, c)].mean for r in rows if (r, c) in summaries})
+            for c in grid.columns}
+    body, csv_rows = [], []
+    for row in rows:
+        line = [row.label]
+        for column in grid.columns:
+            record = _base_record(row, column, options)
+            scores = grid.get(row, column)
+            if scores is None:
+                line += [Entry(MISSING), Entry(MISSING)]
+                csv_rows.append({**record, "status": "missing", "n": 0})
                 continue
-            comparisons.append((key, best_base, stats.compare(
-                cell.success, method, best_base, n_resamples=settings.n_resamples,
-                seed=settings.seed)))
-    adjusted = stats.fdr_adjust([c.p_welch for _, _, c in comparisons])
-    marks, by_cell = {}, {}
-    for (key, best_base, comp), p_adj in zip(comparisons, adjusted):
-        by_cell[(key, comp.method)] = (best_base, comp, p_adj)
-        if p_adj is not None and p_adj < ALPHA and comp.diff.excludes_zero():
-            marks[(key, comp.method)] = "up" if comp.diff.estimate > 0 else "down"
-
-    bold = {key: _best_flags({m: s.mean for m, s in summaries[key].items() if m in methods})
-            for key in columns}
-    rows, csv_rows = [], []
-    for method in methods:
-        row = [method]
-        for key in columns:
-            summary = summaries[key].get(method)
-            base = dict(suite=key[0], quality=key[1], method=method, metric=settings.metric,
-                        is_baseline=settings.is_baseline(method))
-            if summary is None:
-                row.append(MISSING)
-                csv_rows.append({**base, "status": "missing", "n": 0})
-                continue
-            cell = mean_std_cell(summary)
-            cell.bold = method in bold[key]
-            cell.mark = marks.get((key, method), "")
-            row.append(cell)
-            returns = stats.summarize(cells[key].returns[method])
-            record = {**base, "status": "finished", "n": summary.n,
-                      "seeds": " ".join(map(str, cells[key].seeds[method])),
-                      "mean_success_pct": 100 * summary.mean,
-                      "std_success_pct": _nan(summary.std, 100),
-                      "mean_return": returns.mean, "std_return": _nan(returns.std),
-                      "best_in_column": cell.bold}
-            if (key, method) in by_cell:
-                best_base, comp, p_adj = by_cell[(key, method)]
+            summary = summaries[(row, column)]
+            entry = mean_std_entry(summary)
+            entry.bold = row in bold[column]
+            verdict = verdicts.get((row, column))
+            reference = references.get(column)
+            if reference is None:
+                delta = Entry(MISSING)
+            elif row == reference:
+                delta = Entry("reference")
+            else:
+                diff = verdict.comparison.diff
+                text = f"{pct(diff.estimate, signed=True)} {interval_text(diff.low, diff.high)}"
+                text = text.replace(" n/a", " [n/a]")
+                if diff.low is not None and not verdict.powered:
+                    text += " under-powered"
+                delta = Entry(text, mark=verdict.mark)
+            line += [entry, delta]
+            mean = stats.mean_ci(scores.success)
+            returns = stats.summarize(scores.returns)
+            record.update({
+                "cell": scores.cell.id,
+                "status": "finished", "n": summary.n,
+                "mean_success_pct": 100 * summary.mean,
+                "std_success_pct": nan_if_none(summary.std, 100),
+                "ci_low_success_pct": nan_if_none(mean.low, 100),
+                "ci_high_success_pct": nan_if_none(mean.high, 100),
+                "mean_return": returns.mean, "std_return": nan_if_none(returns.std),
+                "best_in_column": entry.bold,
+                "reference": reference.label if reference else None})
+            if verdict is not None:
+                comp = verdict.comparison
                 record.update(
-                    best_baseline=best_base, n_baseline=comp.n_baseline,
-                    diff_pct=100 * comp.diff.estimate,
-                    ci_low_pct=_nan(comp.diff.low, 100),
-                    ci_high_pct=_nan(comp.diff.high, 100),
-                    p_welch=_nan(comp.p_welch), p_welch_bh=_nan(p_adj),
-                    p_mann_whitney=_nan(comp.p_mann_whitney),
-                    significant=cell.mark or "no")
+                    n_reference=comp.n_baseline, diff_pct=100 * comp.diff.estimate,
+                    diff_ci_low_pct=nan_if_none(comp.diff.low, 100),
+                    diff_ci_high_pct=nan_if_none(comp.diff.high, 100),
+                    p_welch=nan_if_none(comp.p_welch), p_welch_bh=nan_if_none(verdict.p_adjusted),
+                    p_mann_whitney=nan_if_none(comp.p_mann_whitney),
+                    verdict=verdict.text(options.min_seeds))
             csv_rows.append(record)
-        rows.append(row)
+        body.append(line)
 
-    label = METRIC_LABELS[settings.metric]
-    base_names = ", ".join(baselines) or "none"
+    how = ("the row given with --reference" if options.reference else
+           "the baseline with the highest mean among those with at least 2 seeds (with none, "
+           "the highest)")
+    baselines = (", ".join(options.baselines) if options.baselines is not None
+                 else "methods registered as baselines")
     notes = [
-        f"Success rate (%) at the {label}: mean ± sample std (ddof=1) over seeds of each "
-        "seed's mean over the suite's tasks; n = number of seeds; — = no finished run "
-        "(never counted as 0); bold = best in the column.",
-        f"↑/↓ = higher/lower than the best baseline of the column (baselines: {base_names}): "
-        f"Welch t-test over seeds, Benjamini-Hochberg adjusted over the {len(comparisons)} "
-        f"comparisons of this table, p < {ALPHA}, and the 95% stratified-bootstrap interval "
-        "of the difference excludes 0. Tests need at least 2 seeds on both sides.",
+        f"Success rate (%) at the {options.label}: mean ± sample std (ddof=1) over seeds of "
+        "each seed's mean over the suite's tasks; n = seeds; — = no finished run (never "
+        "counted as 0); bold = best in the column.",
+        "Δ = row − the column's reference in percentage points, with the 95% Welch "
+        "t-interval of the difference of per-seed means. Seeds are the unit: one seed is one "
+        "model trained on every task, so a seed's luck moves all of its tasks together and "
+        "only whole runs replicate.",
+        f"↑/↓ = higher/lower than the reference: at least {options.min_seeds} seeds on both "
+        f"sides, Welch p < {ALPHA} after Benjamini-Hochberg adjustment over the {tested} "
+        "p-values defined in this table, and the interval excludes 0. With fewer seeds the "
+        "Δ says under-powered and no arrow is drawn.",
+        f"Reference per column: {how}; baselines: {baselines}.",
+        *_identity_notes(rows, grid),
     ]
-    if any(m in ABLATION_ONLY for c in cells.values() for m in c.success):
-        notes.append("Ablation variants (socodt-hard, socodt-fixed, socodt-nomag) are in Table 4.")
-    main = Table(f"Table 1: success rate (%), {label}",
-                 [("", "Method")] + [(suite_label(s), q) for s, q in columns], rows, notes)
+    if any(r.role == "ablation" for r in grid.rows):
+        notes.append("Ablations are in the ablation table (table4).")
+    main = Table("table1", f"Success rate (%), {options.label}", columns, body, notes,
+                 source=f"{PAPER} Table 1")
 
     comp_rows = []
-    for (key, best_base, comp), p_adj in zip(comparisons, adjusted):
-        diff = comp.diff
-        interval = (f"[{pct(diff.low)}, {pct(diff.high)}]" if diff.low is not None
-                    else "n/a (needs ≥2 seeds each)")
+    for (column, row, comp), p_adj in zip(pending, adjusted):
+        verdict = verdicts[(row, column)]
         comp_rows.append([
-            suite_label(key[0]), key[1], comp.method, best_base, f"{100 * diff.estimate:+.2f}",
-            interval, fmt_p(comp.p_welch), fmt_p(p_adj), fmt_p(comp.p_mann_whitney),
-            f"{comp.n_method} vs {comp.n_baseline}",
-            {"up": "↑", "down": "↓"}.get(marks.get((key, comp.method)), "no"),
+            column.label, row.label, comp.baseline, pct(comp.diff.estimate, signed=True),
+            interval_text(comp.diff.low, comp.diff.high), fmt_p(comp.p_welch), fmt_p(p_adj),
+            fmt_p(comp.p_mann_whitney), f"{comp.n_method} vs {comp.n_baseline}",
+            verdict.text(options.min_seeds),
         ])
-    comp_table = Table(
-        f"Table 1 comparisons: each method vs the best baseline ({label})",
-        [("", h) for h in ("Suite", "Dataset", "Method", "Best baseline", "Δ (pp)",
-                           "95% CI (stratified bootstrap)", "Welch p", "Welch p (BH)",
-                           "Mann-Whitney p", "Seeds", "Differs")],
-        comp_rows or [["—"] * 11],
-        ["Δ = method − best baseline in percentage points, over seeds and tasks; the interval "
-         f"resamples each task's seeds independently ({settings.n_resamples} resamples, "
-         f"seed {settings.seed}). Mann-Whitney p is coarse with few seeds: exact, 3 vs 3 "
-         "seeds cannot go below 0.1."],
-    )
-    return [main, comp_table], csv_rows
+    comparisons = Table(
+        "table1_comparisons", f"Every comparison with the reference, {options.label}",
+        [("", h) for h in ("Column", "Row", "Reference", "Δ (pp)", "95% CI (Welch)",
+                           "Welch p", "Welch p (BH)", "Mann-Whitney p", "Seeds", "Verdict")],
+        comp_rows,
+        [f"Benjamini-Hochberg over the {tested} defined Welch p-values. Mann-Whitney p is "
+         "coarse with few seeds: 3 vs 3 cannot go below 0.1, 5 vs 5 not below 0.008."])
+    return [main, comparisons], csv_rows
 
 
-def table4(cells: dict[tuple[str, str], CellData], settings: Settings):
-    """Paper Table 4: ablations, success (%) and return per dataset quality, per suite."""
-    suites = sorted({s for s, _ in cells}, key=suite_key)
-    qualities = sorted({q for _, q in cells}, key=quality_key)
-    columns = [("", "Dataset"), ("", "Method")]
-    for suite in suites:
-        columns += [(suite_label(suite), "Avg. success (%)"), (suite_label(suite), "Avg. return")]
-    rows, csv_rows = [], []
-    for quality in qualities:
-        cell_stats = {}
-        for suite in suites:
-            cell = cells.get((suite, quality))
-            for method, _ in ABLATIONS:
-                if cell is not None and method in cell.success:
-                    cell_stats[(suite, method)] = (stats.summarize(cell.success[method]),
-                                                   stats.summarize(cell.returns[method]))
-        for method, components in ABLATIONS:
-            row = [quality, f"{components} ({method})"]
-            for suite in suites:
-                entry = cell_stats.get((suite, method))
-                base = dict(suite=suite, quality=quality, method=method,
-                            components=components, metric=settings.metric)
-                if entry is None:
-                    row += [MISSING, MISSING]
-                    csv_rows.append({**base, "status": "missing", "n": 0})
-                    continue
-                success, returns = entry
-                in_suite = [v for (s, _), v in cell_stats.items() if s == suite]
-                success_cell = mean_std_cell(success)
-                success_cell.bold = success.mean >= max(v[0].mean for v in in_suite) - 1e-9
-                return_cell = mean_std_cell(returns, scale=1.0, digits=1)
-                return_cell.bold = returns.mean >= max(v[1].mean for v in in_suite) - 1e-9
-                return_cell.n = None
-                row += [success_cell, return_cell]
-                csv_rows.append({
-                    **base, "status": "finished", "n": success.n,
-                    "mean_success_pct": 100 * success.mean,
-                    "std_success_pct": _nan(success.std, 100),
-                    "mean_return": returns.mean, "std_return": _nan(returns.std)})
-            rows.append(row)
-    notes = [
-        f"{METRIC_LABELS[settings.metric]}; mean ± sample std over seeds; n = seeds; "
-        "— = no finished run. S = soft masks, A = adaptive (IQR) mask sparsity, "
-        "M = magnitude-sensitive harmony score; bold = best of the four per suite and dataset.",
-    ]
-    return [Table(f"Table 4: component ablations, {METRIC_LABELS[settings.metric]}",
-                  columns, rows, notes)], csv_rows
+# ---------------------------------------------------------------------------- Table 4
 
 
-def per_task_table(cells: dict[tuple[str, str], CellData], settings: Settings):
-    """Success per task per method (mean over seeds), one table per suite x quality."""
-    all_methods = sorted({m for c in cells.values() for m in c.success}, key=method_key)
+def _ablation_groups(grid: Grid) -> list[tuple[str, list[Row]]]:
+    """(proposed method, its ablation rows then its own rows) for every proposed method with
+    registered ablations; ablations without runs are included as empty rows."""
+    from mtrl_bench.strategy import method_role, registered_strategies
+
+    groups = []
+    for method in dict.fromkeys(r.method for r in grid.rows if r.role == "proposed"):
+        members = [r for r in grid.rows if r.role == "ablation" and r.ablation_of == method]
+        present = {r.method for r in members}
+        for name in registered_strategies():
+            role = method_role(name)
+            if role.ablation_of == method and name not in present:
+                members.append(Row(name, "", name, role.role, role.ablation_of, role.components))
+        if members:
+            own = [r for r in grid.rows if r.method == method]
+            groups.append((method, sorted(members, key=row_key) + own))
+    return groups
+
+
+def table4(grid: Grid, options: TableOptions):
+    """Paper Table 4: a proposed method and its ablations, success (%) and return."""
     tables, csv_rows = [], []
-    for (suite, quality), cell in cells.items():
-        methods = [m for m in all_methods if m in cell.success]
-        per_task = {m: cell.success[m].mean(axis=0) for m in methods}
-        rows = []
-        for index, task in enumerate(cell.tasks):
-            values = {m: per_task[m][index] for m in methods}
-            best = _best_flags(values)
-            rows.append([task] + [Cell(pct(values[m]), bold=m in best) for m in methods])
-            for m in methods:
-                runs = cell.success[m][:, index]
-                csv_rows.append(dict(
-                    suite=suite, quality=quality, task=task, method=m, metric=settings.metric,
-                    n=runs.size, mean_success_pct=100 * runs.mean(),
-                    std_success_pct=100 * runs.std(ddof=1) if runs.size > 1 else np.nan,
-                    mean_return=cell.returns[m][:, index].mean()))
-        means = {m: stats.summarize(cell.success[m]).mean for m in methods}
-        best = _best_flags(means)
-        rows.append(["mean"] + [Cell(pct(means[m]), bold=m in best) for m in methods])
-        notes = [f"Success rate (%) at the {METRIC_LABELS[settings.metric]}, mean over seeds; "
-                 "bold = best in the row."]
-        absent = [m for m in all_methods if m not in cell.success]
-        if absent:
-            notes.append("No finished runs here for: " + ", ".join(absent) + ".")
-        tables.append(Table(
-            f"Per-task success, {suite_label(suite)} {quality}",
-            [("", "Task")] + [("", f"{m} (n={cell.success[m].shape[0]})") for m in methods],
-            rows, notes))
+    for proposed, members in _ablation_groups(grid):
+        columns_used = [c for c in grid.columns if any(grid.get(r, c) for r in members)]
+        header = [("", "Components"), ("", "Method")]
+        for column in columns_used:
+            header += [(column.label, "success (%)"), (column.label, "return")]
+        summaries = {(r, c): (stats.summarize(grid.get(r, c).success),
+                              stats.summarize(grid.get(r, c).returns))
+                     for r in members for c in columns_used if grid.get(r, c)}
+        body = []
+        for row in members:
+            line = [row.components or "", row.label]
+            for column in columns_used:
+                record = {**_base_record(row, column, options), "components": row.components,
+                          "ablation_of": proposed}
+                if (row, column) not in summaries:
+                    line += [Entry(MISSING), Entry(MISSING)]
+                    csv_rows.append({**record, "status": "missing", "n": 0})
+                    continue
+                success, returns = summaries[(row, column)]
+                in_column = {r: v for (r, c), v in summaries.items() if c == column}
+                success_entry = mean_std_entry(success)
+                success_entry.bold = row in _best({r: v[0].mean for r, v in in_column.items()})
+                return_entry = mean_std_entry(returns, scale=1.0, digits=1)
+                return_entry.bold = row in _best({r: v[1].mean for r, v in in_column.items()})
+                return_entry.n = None
+                line += [success_entry, return_entry]
+                csv_rows.append({**record, "status": "finished", "n": success.n,
+                                 "mean_success_pct": 100 * success.mean,
+                                 "std_success_pct": nan_if_none(success.std, 100),
+                                 "mean_return": returns.mean,
+                                 "std_return": nan_if_none(returns.std)})
+            body.append(line)
+        notes = [f"{options.label}; mean ± sample std over seeds; n = seeds; — = no finished "
+                 "run; bold = best of the rows per column. Rows: the methods registered as "
+                 f"ablations of {proposed}, then {proposed} itself."]
+        if proposed == "socodt":
+            notes.append("S = soft masks, A = adaptive (IQR) mask sparsity, M = "
+                         "magnitude-sensitive harmony score.")
+        tables.append(Table("table4", f"Ablations of {proposed}, {options.label}",
+                            header, body, notes, source=f"{PAPER} Table 4"))
+    if not tables:
+        tables.append(Table("table4", f"Ablations, {options.label}", [("", "Method")], [],
+                            ["No proposed method with registered ablations has runs here."]))
     return tables, csv_rows
 
 
-def iqm_table(cells: dict[tuple[str, str], CellData], settings: Settings):
-    """IQM over (seed, task) success scores with stratified-bootstrap 95% intervals."""
-    columns = list(cells)
-    methods = sorted({m for c in cells.values() for m in c.success}, key=method_key)
-    intervals = {key: {m: stats.iqm_ci(cell.success[m], n_resamples=settings.n_resamples,
-                                       seed=settings.seed) for m in cell.success}
-                 for key, cell in cells.items()}
-    rows, csv_rows = [], []
-    for method in methods:
-        row = [method]
-        for key in columns:
-            interval = intervals[key].get(method)
-            base = dict(suite=key[0], quality=key[1], method=method, metric=settings.metric)
+# ---------------------------------------------------------------------------- per task, IQM
+
+
+def per_task_table(grid: Grid, options: TableOptions):
+    """Success per task per row (mean over seeds), one table per column."""
+    tables, csv_rows = [], []
+    for column in grid.columns:
+        rows = [r for r in grid.rows if grid.get(r, column)]
+        cells = {r: grid.get(r, column) for r in rows}
+        tasks = cells[rows[0]].tasks
+        per_task = {r: cells[r].success[:, [cells[r].tasks.index(t) for t in tasks]]
+                    for r in rows}
+        body = []
+        for index, task in enumerate(tasks):
+            values = {r: per_task[r][:, index].mean() for r in rows}
+            best = _best(values)
+            body.append([task] + [Entry(pct(values[r]), bold=r in best) for r in rows])
+            for r in rows:
+                runs = per_task[r][:, index]
+                returns = cells[r].returns[:, cells[r].tasks.index(task)]
+                csv_rows.append({**_base_record(r, column, options), "task": task,
+                                 "n": runs.size, "mean_success_pct": 100 * runs.mean(),
+                                 "std_success_pct": 100 * runs.std(ddof=1) if runs.size > 1
+                                 else math.nan, "mean_return": returns.mean()})
+        means = {r: stats.summarize(cells[r].success).mean for r in rows}
+        best = _best(means)
+        body.append(["mean"] + [Entry(pct(means[r]), bold=r in best) for r in rows])
+        notes = [f"Success rate (%) at the {options.label}, mean over seeds; bold = best in "
+                 "the row."]
+        absent = [r.label for r in grid.rows if r not in cells]
+        if absent:
+            notes.append("No finished runs here for: " + ", ".join(absent) + ".")
+        tables.append(Table(
+            "per_task", f"Per-task success, {column.label}, {options.label}",
+            [("", "Task")] + [("", f"{r.label} (n={cells[r].success.shape[0]})") for r in rows],
+            body, notes))
+    return tables, csv_rows
+
+
+def iqm_table(grid: Grid, options: TableOptions):
+    """IQM over (seed, task) success scores with a bootstrap over whole runs."""
+    intervals = {key: stats.iqm_ci(s.success, n_resamples=options.n_resamples,
+                                   seed=options.seed) for key, s in grid.at.items()}
+    body, csv_rows = [], []
+    for row in grid.rows:
+        line = [row.label]
+        for column in grid.columns:
+            record = _base_record(row, column, options)
+            interval = intervals.get((row, column))
             if interval is None:
-                row.append(MISSING)
-                csv_rows.append({**base, "status": "missing", "n": 0})
+                line.append(Entry(MISSING))
+                csv_rows.append({**record, "status": "missing", "n": 0})
                 continue
-            n = cells[key].success[method].shape[0]
-            text = pct(interval.estimate)
-            text += (f" [{pct(interval.low)}, {pct(interval.high)}]" if interval.low is not None
-                     else " [n/a]")
-            best = _best_flags({m: iv.estimate for m, iv in intervals[key].items()})
-            row.append(Cell(text, bold=method in best, n=n))
-            csv_rows.append({**base, "status": "finished", "n": n,
+            n = grid.get(row, column).success.shape[0]
+            best = _best({r: iv.estimate for (r, c), iv in intervals.items() if c == column})
+            text = f"{pct(interval.estimate)} {interval_text(interval.low, interval.high)}"
+            line.append(Entry(text, bold=row in best, n=n))
+            csv_rows.append({**record, "status": "finished", "n": n,
                              "iqm_pct": 100 * interval.estimate,
-                             "ci_low_pct": _nan(interval.low, 100),
-                             "ci_high_pct": _nan(interval.high, 100)})
-        rows.append(row)
+                             "ci_low_pct": nan_if_none(interval.low, 100),
+                             "ci_high_pct": nan_if_none(interval.high, 100)})
+        body.append(line)
     notes = [f"Interquartile mean (%) of all (seed, task) success rates at the "
-             f"{METRIC_LABELS[settings.metric]}, with a 95% stratified-bootstrap interval "
-             f"(tasks as strata, {settings.n_resamples} resamples); intervals need ≥2 seeds; "
-             "— = no finished run; bold = best in the column."]
-    return [Table(f"IQM success rate (%), {METRIC_LABELS[settings.metric]}",
-                  [("", "Method")] + [(suite_label(s), q) for s, q in columns], rows, notes)], \
+             f"{options.label}, with a 95% percentile bootstrap over whole runs (each "
+             f"resample draws seeds with replacement and keeps all their tasks; "
+             f"{options.n_resamples} resamples, seed {options.seed}). With few seeds such an "
+             "interval is narrower than its nominal level; n/a below 2 seeds. — = no "
+             "finished run; bold = best in the column."]
+    return [Table("iqm", f"IQM success rate (%), {options.label}",
+                  [("", "Method")] + [("", c.label) for c in grid.columns], body, notes)], \
         csv_rows
 
 
-# ---------------------------------------------------------------------------- command
+# ---------------------------------------------------------------------------- mask dynamics
 
 
-def _not_included(runs: list[Run], rejected: list) -> list[str]:
-    lines = [f"{run.label()}: {run.status}" + (f" ({run.reason})" if run.reason else "")
-             for run in runs if run.status != "finished"]
-    lines += [f"{run.label()}: not used ({reason})" for run, reason in rejected]
-    return sorted(lines)
+def run_mask_dynamics(run: RunRecord) -> dict | None:
+    """One run's mask statistics from its "mask" records; None when it has none."""
+    records = [r for r in MetricsLog(run.path / "metrics.jsonl").records("mask")
+               if r.get("sparsity")]
+    if not records:
+        return None
+    last = records[-1]
+
+    def per_update(key: str) -> float:
+        values = [np.mean(r[key]) for r in records if r.get(key) is not None]
+        return float(np.mean(values)) if values else math.nan
+
+    entries = last.get("entries")
+    conflicted, recovered = per_update("conflicted"), per_update("recovered")
+    return {
+        "updates": len(records),
+        "final_sparsity": float(np.mean(last["sparsity"])),
+        "final_mean_soft_value": float(np.mean(last.get("mean_soft_value", [math.nan]))),
+        "conflicted_per_update": conflicted,
+        "recovered_per_update": recovered,
+        "conflicted_share": conflicted / entries if entries else math.nan,
+        "recovered_share": recovered / entries if entries else math.nan,
+    }
 
 
-def _csv_text(rows: list[dict]) -> str:
-    import pandas as pd
+MASK_COLUMNS = (
+    ("updates", "updates", 1.0, 0),
+    ("final_sparsity", "final sparsity (%)", 100.0, 2),
+    ("final_mean_soft_value", "mean soft value", 1.0, 3),
+    ("conflicted_per_update", "conflicted / update", 1.0, 1),
+    ("recovered_per_update", "recovered / update", 1.0, 1),
+    ("conflicted_share", "conflicted / update (% of entries)", 100.0, 4),
+    ("recovered_share", "recovered / update (% of entries)", 100.0, 4),
+)
 
-    buffer = io.StringIO()
-    pd.DataFrame(rows).to_csv(buffer, index=False, float_format="%.10g")
-    return buffer.getvalue()
+
+def mask_dynamics_table(cells: list[Cell], options: TableOptions):
+    """Per column, every masked row: how its masks moved (none of the papers reports this)."""
+    grouped: dict[Column, dict[Row, list[dict]]] = {}
+    for cell in cells:
+        values = [v for v in (run_mask_dynamics(run) for run in cell.runs) if v is not None]
+        if values:
+            grouped.setdefault(cell.column, {})[cell.row] = values
+    tables, csv_rows = [], []
+    for column in sorted(grouped, key=column_key):
+        body = []
+        for row in sorted(grouped[column], key=row_key):
+            values = grouped[column][row]
+            line = [row.label, str(len(values))]
+            record = {**_base_record(row, column, options), "n": len(values)}
+            for key, _, scale, digits in MASK_COLUMNS:
+                seeds = np.array([v[key] for v in values], dtype=float)
+                if np.all(np.isnan(seeds)):
+                    line.append(MISSING)
+                    record[f"mean_{key}"] = record[f"std_{key}"] = math.nan
+                    continue
+                text = number(scale * np.nanmean(seeds), digits)
+                if len(seeds) > 1:
+                    text += f" ± {number(scale * np.nanstd(seeds, ddof=1), digits)}"
+                line.append(text)
+                record[f"mean_{key}"] = float(np.nanmean(seeds))
+                record[f"std_{key}"] = (float(np.nanstd(seeds, ddof=1)) if len(seeds) > 1
+                                        else math.nan)
+            body.append(line)
+            csv_rows.append(record)
+        tables.append(Table(
+            "mask_dynamics", f"Mask dynamics, {column.label}",
+            [("", "Method"), ("", "seeds")] + [("", title) for _, title, _, _ in MASK_COLUMNS],
+            body,
+            ["Per run: sparsity = share of maskable entries with M < 1 (mean over tasks) at the "
+             "last mask update; mean soft value = mean of M over those entries (0 for hard "
+             "masks); conflicted / recovered = entries per task per update (mean over updates "
+             "and tasks; HarmoDT: its k pruned / regrown). Mean ± sample std over seeds. "
+             "Methods without masks have no rows."]))
+    if not tables:
+        tables.append(Table("mask_dynamics", "Mask dynamics", [("", "Method")], [],
+                            ["No run here has mask records."]))
+    return tables, csv_rows
+
+
+# ---------------------------------------------------------------------------- outputs
+
+
+def long_rows(cells: list[Cell]) -> list[dict]:
+    """runs_long.csv: one row per run x task with final and best success and return."""
+    rows = []
+    for cell in cells:
+        for run in cell.runs:
+            final, best = run.results.get("final", {}), run.results.get("best", {})
+            for task in run.results.get("tasks", []):
+                rows.append({
+                    "suite": cell.column.suite, "quality": cell.column.quality,
+                    "column": cell.column.label, "protocol": cell.column.protocol,
+                    "method": cell.row.method, "row": cell.row.label,
+                    "variant": cell.row.variant, "cell": cell.id,
+                    "seed": run.seed, "task": task,
+                    "final_success": final.get("success", {}).get(task, math.nan),
+                    "final_return": final.get("return", {}).get(task, math.nan),
+                    "best_success": best.get("success", {}).get(task, math.nan),
+                    "best_return": best.get("return", {}).get(task, math.nan),
+                    "best_step": best.get("step", math.nan)})
+    return rows
+
+
+def left_out_lines(left_out: list[tuple[RunRecord, str]]) -> list[str]:
+    return sorted(f"{run.label()} ({run.path}): {reason}" for run, reason in left_out)
+
+
+def _left_out_markdown(lines: list[str]) -> str:
+    if not lines:
+        return "\nRuns left out: none.\n"
+    return "\nRuns left out:\n" + "".join(f"- {line}\n" for line in lines)
 
 
 def _write(out: Path, name: str, tables: list[Table], csv_rows: list[dict],
-           extra_markdown: str = "") -> tuple[str, list[Path]]:
-    markdown = "\n".join(t.markdown() for t in tables) + extra_markdown
-    latex = "\n".join(t.latex() for t in tables)
+           left_out: list[str]) -> tuple[str, list[Path]]:
+    markdown = "\n".join(t.markdown() for t in tables) + _left_out_markdown(left_out)
+    latex = ("% mtrl-bench tables; needs \\usepackage{booktabs}\n"
+             + "".join(f"% left out: {line.encode('ascii', 'replace').decode()}\n"
+                       for line in left_out)
+             + "\n".join(t.latex() for t in tables))
     files = []
-    for suffix, text in (("md", markdown), ("csv", _csv_text(csv_rows)), ("tex", latex)):
-        path = out / f"{name}.{suffix}"
-        try:
-            atomic_write_text(path, text)
-        except OSError as err:
-            raise UserError(f"cannot write {path}: {err.strerror or err}") from None
-        files.append(path)
+    for suffix, text in (("md", markdown), ("csv", csv_text(csv_rows)), ("tex", latex)):
+        files.append(_write_file(out / f"{name}.{suffix}", text))
     return markdown, files
+
+
+def _write_file(path: Path, text: str) -> Path:
+    try:
+        atomic_write_text(path, text)
+    except OSError as err:
+        raise UserError(f"cannot write {path}: {err.strerror or err}") from None
+    return path
 
 
 def _prepare_out(out: Path) -> None:
@@ -606,7 +645,7 @@ def _prepare_out(out: Path) -> None:
         raise UserError(f"results dir {out} is not a directory")
 
 
-def finished_runs_or_error(runs_dir: Path) -> list[Run]:
+def finished_runs_or_error(runs_dir: Path) -> list[RunRecord]:
     if not runs_dir.is_dir():
         raise UserError(f"no finished runs: {runs_dir} does not exist (run `mtrl-bench run` "
                         "first, or point --runs at a results/runs folder)")
@@ -618,51 +657,58 @@ def finished_runs_or_error(runs_dir: Path) -> list[Run]:
     return runs
 
 
-def _cells_and_skipped(runs: list[Run], metric: str):
-    """Cells of the usable runs, and the Markdown list of runs left out (with why)."""
-    cells, rejected = collect_cells(runs, metric)
-    skipped = _not_included(runs, rejected)
-    extra = "\nRuns not included:\n" + "".join(f"- {line}\n" for line in skipped) if skipped else ""
-    return cells, extra
+def _check_names(options: TableOptions, cells: list[Cell]) -> None:
+    labels = {c.row.label for c in cells} | {c.row.method for c in cells}
+    names = [*(options.baselines or ()), *([options.reference] if options.reference else [])]
+    unknown = [name for name in names if name not in labels]
+    if unknown:
+        raise UserError(f"unknown method or row {unknown[0]!r}; rows with finished runs: "
+                        + ", ".join(sorted({c.row.label for c in cells})))
 
 
-def build_tables(runs_dir: Path, out: Path, settings: Settings) -> tuple[str, list[Path]]:
-    """Write every table for ``settings.metric``; returns (all Markdown, files written).
+def build_tables(runs_dir: Path, out: Path, options: TableOptions) -> tuple[str, list[Path]]:
+    """Write every table for ``options.metric``; returns (all Markdown, files written).
 
     With the headline metric (final) Table 1 is also written for the best evaluation, as
     table1_best, so both numbers exist and are never confused.
     """
     runs = finished_runs_or_error(runs_dir)
-    if settings.baselines is not None:
-        known = {run.method for run in runs if run.status == "finished"}
-        unknown = [b for b in settings.baselines if b not in known]
-        if unknown:
-            raise UserError(f"unknown baseline(s) {', '.join(unknown)}; methods with finished "
-                            f"runs: {', '.join(sorted(known, key=method_key))}")
+    cells, left_out = group_cells(runs)
+    _check_names(options, cells)
     _prepare_out(out)
-    cells, extra = _cells_and_skipped(runs, settings.metric)
-    if not cells:
-        raise UserError(f"no usable finished runs under {runs_dir}: "
-                        f"final.json has no usable {settings.metric!r} scores")
-    suffix = "" if settings.metric == "final" else f"_{settings.metric}"
+    suffix = "" if options.metric == "final" else f"_{options.metric}"
+    builders = [("table1", table1), ("table4", table4), ("per_task", per_task_table),
+                ("iqm", iqm_table)]
     outputs, files = [], []
-    for name, build in (("table1", table1), ("table4", table4), ("per_task", per_task_table),
-                        ("iqm", iqm_table)):
-        tables, rows = build(cells, settings)
-        markdown, written = _write(out, name + suffix, tables, rows,
-                                   extra if name == "table1" else "")
-        outputs.append(markdown)
-        files += written
-    if settings.metric == "final":
-        best = dataclasses.replace(settings, metric="best")
-        best_cells, best_extra = _cells_and_skipped(runs, "best")
-        if best_cells:
-            tables, rows = table1(best_cells, best)
-            markdown, written = _write(out, "table1_best", tables, rows, best_extra)
+    metrics = [options] + ([dataclasses.replace(options, metric="best")]
+                           if options.metric == "final" else [])
+    for metric_options in metrics:
+        scores, unusable = cell_scores(cells, metric_options.metric)
+        lines = left_out_lines(left_out + unusable)
+        if not scores:
+            if metric_options is options:
+                raise UserError(f"no usable finished runs under {runs_dir}: final.json has no "
+                                f"usable {options.metric!r} scores")
+            outputs.append("(table1_best not written: no final.json has a 'best' block)\n")
+            continue
+        grid = Grid(scores)
+        for name, build in builders:
+            if metric_options is not options:  # the best evaluation: Table 1 only
+                if name != "table1":
+                    continue
+                name = "table1_best"
+            else:
+                name += suffix
+            tables, rows = build(grid, metric_options)
+            markdown, written = _write(out, name, tables, rows, lines)
             outputs.append(markdown)
             files += written
-        else:
-            outputs.append("(table1_best not written: no final.json has a 'best' block)\n")
+    if options.metric == "final":
+        tables, rows = mask_dynamics_table(cells, options)
+        markdown, written = _write(out, "mask_dynamics", tables, rows, left_out_lines(left_out))
+        outputs.append(markdown)
+        files += written
+        files.append(_write_file(out / "runs_long.csv", csv_text(long_rows(cells))))
     return "\n".join(outputs), files
 
 
@@ -672,19 +718,28 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="final checkpoint (headline; table1_best is written alongside) "
                              "or best over evaluations for every table")
     parser.add_argument("--baselines", nargs="+", default=None, metavar="METHOD",
-                        help="methods that count as baselines (default: all but socodt*)")
+                        help="methods (or row labels) that count as baselines (default: the "
+                             "methods registered with role='baseline')")
+    parser.add_argument("--reference", default=None, metavar="ROW",
+                        help="compare every row with this one (default: per column, the best "
+                             "baseline with at least 2 seeds)")
+    parser.add_argument("--min-seeds", type=int, default=DEFAULT_MIN_SEEDS,
+                        help="seeds needed on both sides before an arrow is drawn "
+                             "(default: %(default)s)")
     parser.add_argument("--resamples", type=int, default=stats.DEFAULT_RESAMPLES,
-                        help="bootstrap resamples (default: %(default)s)")
+                        help="bootstrap resamples of the IQM interval (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
 
 
 def run_command(args: argparse.Namespace) -> int:
     if args.resamples < 100:
         raise UserError(f"--resamples must be at least 100, got {args.resamples}")
+    if args.min_seeds < 2:
+        raise UserError(f"--min-seeds must be at least 2, got {args.min_seeds}")
     runs_dir, out = results_paths(args, "tables")
-    settings = Settings(args.metric, tuple(args.baselines) if args.baselines else None,
-                        args.resamples, args.seed)
-    markdown, files = build_tables(runs_dir, out, settings)
+    options = TableOptions(args.metric, tuple(args.baselines) if args.baselines else None,
+                           args.reference, args.min_seeds, args.resamples, args.seed)
+    markdown, files = build_tables(runs_dir, out, options)
     print(markdown)
     print(f"wrote {len(files)} files to {out}")
     return 0

@@ -201,7 +201,7 @@ class Trainer:
         )
         extra = self.strategy.update(ctx)
         self.masks.refresh()
-        return {"kind": "mask", "step": self.step,
+        return {"kind": "mask", "step": self.step, "entries": self.masks.soft.shape[1],
                 **self.strategy.mask_metrics(self.masks.soft), **extra}
 
     # ----------------------------------------------------------------- the loop

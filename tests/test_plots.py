@@ -1,89 +1,155 @@
-"""`mtrl-bench plot` on fabricated run directories: every figure kind written, absent
-record kinds skipped with a message, bad input gives one-line errors."""
+"""`mtrl-bench plot` on synthetic run directories: what each figure draws is checked against
+the records it was made from, cells are the tables' cells, and bad input gives one line."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
+import pytest
+from scipy import stats as sps
+from synthetic_runs import build, main_runs
 
+from mtrl_bench import plots
 from mtrl_bench.cli import main
-from mtrl_bench.suites import FIXED_SUITES
+from mtrl_bench.strategy import histogram_edges
 
-TASKS = FIXED_SUITES["mt5"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def write_metrics(root, method, seed, records, *, quality="near-optimal", status="finished"):
-    path = root / "mt5" / quality / method / f"seed{seed}"
-    path.mkdir(parents=True)
-    (path / "meta.json").write_text(json.dumps(
-        {"method": method, "suite": "mt5", "tasks": TASKS, "quality": quality, "seed": seed,
-         "status": status}))
-    lines = [json.dumps(r) for r in records]
-    (path / "metrics.jsonl").write_text("\n".join(lines) + "\n" + '{"kind": "ev')  # cut off
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    root = tmp_path_factory.mktemp("plots")
+    runs = build(root / "runs")
+    columns, left_out = plots.load_columns(root / "runs")
+    return root, runs, columns, left_out
 
 
-def eval_records(level, seed):
-    rng = np.random.default_rng(seed)
-    return [{"kind": "eval", "step": step, "num_goals": 50,
-             "success": {t: level for t in TASKS}, "return": {t: 1000 * level for t in TASKS},
-             "mean_success": min(1.0, level * step / 400 + rng.uniform(0, 0.05)),
-             "mean_return": 1000 * level * step / 400}
-            for step in (100, 200, 300, 400)]
+def column(columns, label):
+    return next(series for col, series in columns.items() if col.label == label)
 
 
-def mask_records(with_beta: bool, with_hist: bool):
-    records = []
-    for index, step in enumerate(range(50, 450, 50)):
-        record = {"kind": "mask", "step": step,
-                  "sparsity": [0.2 + 0.01 * index * (t + 1) for t in range(len(TASKS))],
-                  "mean_soft_value": [0.9] * len(TASKS)}
-        if with_beta:
-            record["beta"] = 5 + 7.5 * (1 + np.cos(2 * np.pi * step / 400))
-        if with_hist:
-            counts = np.random.default_rng(step).poisson(50, (len(TASKS), 20)).tolist()
-            record["conflict_hist"] = {"edges": np.linspace(-1, 1, 21).tolist(),
-                                       "counts": counts}
-        records.append(record)
-    return records
+def line(ax, label):
+    return next(li for li in ax.get_lines() if li.get_label() == label)
 
 
-def test_plot_writes_every_figure_as_png(tmp_path, capsys):
-    runs, out = tmp_path / "runs", tmp_path / "figures"
-    for seed in range(3):
-        write_metrics(runs, "promptdt", seed, eval_records(0.5, seed))
-        write_metrics(runs, "harmodt-f", seed, eval_records(0.6, seed) + mask_records(False, False))
-    write_metrics(runs, "socodt", 0, eval_records(0.8, 0) + mask_records(True, True))
-    write_metrics(runs, "socodt", 1, eval_records(0.8, 1)[:2] + mask_records(True, True)[:3],
-                  status="running")
-    # A quality with evaluations only: its mask figures are skipped, not drawn empty.
-    write_metrics(runs, "promptdt", 0, eval_records(0.3, 0), quality="sub-optimal")
+def test_cells_are_the_tables_cells(synthetic):
+    _, runs, columns, left_out = synthetic
+    labels = {col.label for col in columns}
+    assert labels == {"MT5 near-optimal [1]", "MT5 near-optimal [2]", "MT5 sub-optimal"}
+    near = column(columns, "MT5 near-optimal [1]")
+    rows = {cell.row.label: len(cell.runs) for cell, _ in near}
+    assert rows["socodt"] == 5 and rows["socodt [alpha=25.0]"] == 2  # never mixed
+    assert any("seed7" in line and "running" in line for line in left_out)
 
-    assert main(["plot", "--results-dir", str(tmp_path)]) == 0  # reads runs/, writes figures/
+
+def test_learning_curves_plot_seed_means_with_final_points_marked(synthetic):
+    _, runs, columns, _ = synthetic
+    fig = plots.learning_curves(column(columns, "MT5 near-optimal [1]"), "near")
+    members = main_runs(runs, "socodt", "near-optimal")
+    curve = line(fig.axes[0], "socodt (n=5)")
+    steps = sorted({r["step"] for run in members for r in run.records if r["kind"] == "eval"})
+    expected = [100 * np.mean([r["mean_success"] for run in members for r in run.records
+                               if r["kind"] == "eval" and r["step"] == s]) for s in steps]
+    assert list(curve.get_xdata()) == steps
+    assert list(curve.get_ydata()) == pytest.approx(expected)
+    # the final (50-goal) evaluation is a star, the periodic ones dots, in the same colour
+    markers = [li for li in fig.axes[0].get_lines() if li.get_color() == curve.get_color()
+               and li.get_linestyle() == "None"]
+    final = next(li for li in markers if li.get_marker() == "*")
+    assert list(final.get_xdata()) == [400]
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert "final (50 goals/task)" in legend and "± 1 std over seeds" in legend
+    # the band is ± one sample std over seeds
+    values = [[r["mean_success"] for run in members for r in run.records
+               if r["kind"] == "eval" and r["step"] == s] for s in steps]
+    band = {(s, round(100 * (np.mean(v) + sign * np.std(v, ddof=1)), 6))
+            for s, v in zip(steps, values) for sign in (-1, 1)}
+    polygons = [{(x, round(y, 6)) for x, y in c.get_paths()[0].vertices}
+                for c in fig.axes[0].collections if c.get_paths()]
+    assert any(band <= polygon for polygon in polygons)
+
+
+def test_mask_sparsity_is_aggregated_per_row(synthetic):
+    _, runs, columns, _ = synthetic
+    fig = plots.mask_sparsity(column(columns, "MT5 near-optimal [1]"), "near")
+    curve = line(fig.axes[0], "socodt (n=5)")
+    members = main_runs(runs, "socodt", "near-optimal")
+    masks = [[r for r in run.records if r["kind"] == "mask"] for run in members]
+    expected = [100 * np.mean([np.mean(m[i]["sparsity"]) for m in masks])
+                for i in range(len(masks[0]))]
+    assert list(curve.get_ydata()) == pytest.approx(expected)
+    assert len(fig.axes) == 1  # one panel, not one per run
+
+
+def test_conflict_histogram_in_score_units_with_thresholds(synthetic):
+    _, runs, columns, _ = synthetic
+    series = column(columns, "MT5 near-optimal [1]")
+    members = main_runs(runs, "socodt", "near-optimal")
+    cell_runs = next(recs for cell, recs in series if cell.row.label == "socodt")
+    hists = plots.pooled_histograms(cell_runs)
+    step, edges, counts, threshold = hists[0]
+    records = [next(r for r in run.records if r["kind"] == "mask" and r["step"] == step)
+               for run in members]
+    expected = np.zeros(len(edges) - 1)
+    for record in records:
+        hist = record["conflict_hist"]
+        expected[hist["first"]:hist["first"] + len(hist["counts"])] += hist["counts"]
+    assert np.array_equal(counts, expected)
+    assert list(edges) == histogram_edges(-22, 2, 4)
+    assert threshold == pytest.approx(np.median([t for r in records
+                                                 for t in r["conflict_threshold"]]))
+    fig = plots.conflict_scores(series, "near")
+    ax = fig.axes[[a.get_title() for a in fig.axes].index("socodt (n=5)")]
+    assert ax.get_xscale() == "symlog" and ax.get_yscale() == "log"
+    assert any(li.get_xdata()[0] == pytest.approx(threshold) for li in ax.get_lines())
+
+
+def test_sensitivity_figure_for_a_one_setting_difference(tmp_path):
+    from synthetic_runs import add_sensitivity_runs
+
+    runs_dir = tmp_path / "runs"
+    truth = add_sensitivity_runs(runs_dir)  # {beta_min: (seeds, tasks) success}
+    columns, _ = plots.load_columns(runs_dir)
+    (stem, fig), = plots.sensitivity(columns)
+    assert stem == "sensitivity_mt5_near-optimal_socodt_socodt.beta_min"
+    container = fig.axes[0].containers[0]
+    xs, ys = container.lines[0].get_xdata(), container.lines[0].get_ydata()
+    assert list(xs) == sorted(truth)
+    for x, y in zip(xs, ys):
+        per_run = truth[x].mean(axis=1)
+        assert y == pytest.approx(100 * per_run.mean())
+    low_caps = container.lines[1][0].get_ydata()
+    per_run = truth[xs[0]].mean(axis=1)
+    half = sps.t.ppf(0.975, per_run.size - 1) * per_run.std(ddof=1) / np.sqrt(per_run.size)
+    assert low_caps[0] == pytest.approx(100 * (per_run.mean() - half))
+
+
+def test_plot_command_writes_every_figure_and_an_index(synthetic, capsys):
+    root, _, _, _ = synthetic
+    assert main(["plot", "--results-dir", str(root)]) == 0
+    out = root / "figures"
     stdout = capsys.readouterr().out
-    expected = [f"{kind}_mt5_near-optimal.png" for kind in
-                ("learning_curves", "mask_sparsity", "beta_schedule", "conflict_scores")]
-    expected.append("learning_curves_mt5_sub-optimal.png")
-    assert sorted(p.name for p in out.iterdir()) == sorted(expected)
-    for name in expected:
+    names = sorted(p.name for p in out.glob("*.png"))
+    for kind in ("learning_curves", "mask_sparsity", "beta_schedule", "conflict_scores"):
+        assert any(n.startswith(f"{kind}_mt5_near-optimal_") for n in names), kind
+    assert "learning_curves_mt5_sub-optimal.png" in names
+    for name in names:
         data = (out / name).read_bytes()
         assert data.startswith(PNG_SIGNATURE) and len(data) > 10_000
-    for kind in ("mask_sparsity", "beta_schedule", "conflict_scores"):
-        assert f"skipped {kind} for MT5 sub-optimal" in stdout
+    index = (out / "index.md").read_text()
+    assert "seed7" in index and "running" in index and "left out: " in stdout
+    assert "skipped mask_sparsity for MT5 near-optimal [2]" in stdout  # promptdt: no masks
 
 
 def test_plot_errors_are_one_line_with_exit_2(tmp_path, capsys):
-    empty = tmp_path / "runs"
-    (empty / "mt5" / "near-optimal" / "socodt" / "seed0").mkdir(parents=True)
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    runs = tmp_path / "real"
-    write_metrics(runs, "socodt", 0, eval_records(0.8, 0))
+    real = tmp_path / "real"
+    build(real / "runs")
     cases = [
         (["--runs", str(tmp_path / "nowhere")], "does not exist"),
-        (["--runs", str(empty)], "no runs with metrics"),
-        (["--runs", str(runs), "--out", str(blocker / "figures")], "cannot create figures dir"),
+        (["--runs", str(tmp_path)], "no finished runs with metrics"),
+        (["--runs", str(real / "runs"), "--out", str(blocker / "figures")],
+         "cannot create figures dir"),
     ]
     for argv, message in cases:
         assert main(["plot", *argv]) == 2

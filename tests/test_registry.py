@@ -49,7 +49,8 @@ class AgreementMasks(MaskStrategy):
         self.updates = state["updates"]
 
 
-@register_strategy("test-agreement-hard")
+@register_strategy("test-agreement-hard", role="ablation", ablation_of="test-agreement",
+                   components="hard")
 class HardAgreementMasks(AgreementMasks):
     """Test method: the same with disagreeing entries dropped (0)."""
 
@@ -96,7 +97,7 @@ def test_duplicate_name_is_refused_loudly():
 
 
 def test_unknown_method_lists_the_valid_ones():
-    with pytest.raises(UserError, match="unknown method 'nope'; valid: .*harmodt-f.*promptdt"):
+    with pytest.raises(UserError, match="unknown method 'nope'; valid: promptdt, mtdt, harmodt-f"):
         get_strategy_class("nope")
     with pytest.raises(UserError, match="unknown method 'nope'"):
         Trainer({"reach-v3": None}, "nope", device="cpu")
@@ -118,4 +119,40 @@ def test_methods_command_lists_every_registered_method(capsys):
     out = capsys.readouterr().out
     for name in ("harmodt-f", "harmodt-m", "harmodt-r", "mtdt", "promptdt"):
         assert re.search(f"^{name} +\\S", out, re.M)
-    assert re.search(r"^test-agreement +Test method: soft-mask \(0\.5\) every entry", out, re.M)
+    assert re.search(r"^test-agreement +proposed +Test method: soft-mask \(0\.5\) every", out,
+                     re.M)
+    assert re.search(r"^test-agreement-hard +ablation of test-agreement +Test", out, re.M)
+    assert re.search(r"^promptdt +baseline +Prompt-DT", out, re.M)
+
+
+def test_roles_are_checked_when_registering():
+    with pytest.raises(ValueError, match="role must be one of"):
+        register_strategy("test-bad-role", role="winner")
+    with pytest.raises(ValueError, match="names the method it is an ablation of"):
+        register_strategy("test-bad-ablation", role="ablation")
+
+
+def test_a_registered_role_places_the_method_in_the_tables(tmp_path, capsys):
+    """No table code names these methods: their registration puts them in table 4."""
+    import numpy as np
+    import pandas as pd
+    from synthetic_runs import FakeRun, identity, write
+
+    from mtrl_bench.identity import cell_id
+    from mtrl_bench.rundir import run_dir
+
+    for method in ("promptdt", "test-agreement", "test-agreement-hard"):
+        ident = identity(method, "near-optimal")
+        for seed in range(2):
+            success = np.full(5, 0.2 + 0.1 * seed + 0.3 * (method != "promptdt"))
+            path = run_dir(tmp_path, "mt5", "near-optimal", method, cell_id(ident), seed)
+            write(tmp_path / "runs", FakeRun(method, "near-optimal", seed, success,
+                                             1000 * success, ident, path))
+    assert cli.main(["table", "--results-dir", str(tmp_path), "--resamples", "100"]) == 0
+    capsys.readouterr()
+    table1 = pd.read_csv(tmp_path / "tables" / "table1.csv")
+    assert set(table1["row"]) == {"promptdt", "test-agreement"}
+    assert set(table1["reference"]) == {"promptdt"}
+    table4 = pd.read_csv(tmp_path / "tables" / "table4.csv")
+    assert table4["row"].tolist() == ["test-agreement-hard", "test-agreement"]
+    assert table4["components"].tolist()[0] == "hard"

@@ -10,7 +10,8 @@ import time
 import pytest
 
 from mtrl_bench.cli import main
-from mtrl_bench.rundir import MetricsLog, is_finished, run_dir
+from mtrl_bench.rundir import MetricsLog, is_finished
+from mtrl_bench.runner import plan_run
 
 TINY = ["--preset", "tiny", "--no-progress"]
 
@@ -35,9 +36,16 @@ def _final(path):
     return json.loads((path / "final.json").read_text())
 
 
+def _path(dirs, method, *bindings):
+    """The directory `mtrl-bench run --method METHOD --preset tiny` plans (gin is global, so
+    this re-parses; fine between runs)."""
+    return plan_run(method, "tiny", bindings=bindings, results=dirs["results"]).path
+
+
 def test_end_to_end_run_writes_a_complete_run_directory(dirs, capsys):
     assert _cli(dirs, "--method", "socodt", "--wandb", "offline") == 0
-    path = run_dir(dirs["results"], "random-2:0", "near-optimal", "socodt", 0)
+    path = _path(dirs, "socodt")
+    assert path.parent.parent.name == "socodt" and path.name == "seed0"
     assert is_finished(path)
     final = _final(path)
     assert final["final"]["step"] == 20 and final["final"]["num_goals"] == 3
@@ -45,37 +53,74 @@ def test_end_to_end_run_writes_a_complete_run_directory(dirs, capsys):
     assert "best over evaluations" in final["best"]["label"]
     meta = json.loads((path / "meta.json").read_text())
     assert meta["status"] == "finished" and meta["wall_time_s"] > 0 and meta["versions"]["torch"]
+    assert meta["cell"] == path.parent.name
+    assert meta["identity"]["method"]["alpha"] == 20.0  # code defaults are recorded too
+    assert meta["identity"]["protocol"]["trainer.total_steps"] == 20
+    assert meta["arguments"]["Trainer"]["learning_rate"] == 1e-4
+    assert meta["role"] == {"role": "proposed", "ablation_of": None, "components": "S+A+M"}
     log = MetricsLog(path / "metrics.jsonl")
     assert [r["step"] for r in log.records("eval")] == [10, 20]
     masks = log.records("mask")
     assert [r["step"] for r in masks] == [5, 10, 15]
     assert all(len(r["sparsity"]) == 2 and r["beta"] is not None for r in masks)
     operative = (path / "config.gin").read_text()
-    assert "SOCODT_ALPHA = 20.0" in operative and "Run.budget_sequences = 160" in operative
+    assert "socodt.alpha = 20.0" in operative and "Run.budget_sequences = 160" in operative
+    assert "# (runner) Trainer.total_steps = 20" in operative
     assert list((path / "wandb").glob("offline-run-*")), "wandb offline run missing"
     out = capsys.readouterr().out
     assert "MEAN" in out and "results in" in out
 
-    # a finished run is not redone
+    # a finished run is not redone: not by the same command, nor by one that binds a value
+    # to its default, changes only how the run is carried out, or replays its config.gin
     mtime = (path / "final.json").stat().st_mtime_ns
-    assert _cli(dirs, "--method", "socodt") == 0
+    for extra in ([], ["--gin_binding", "SOCODT_ALPHA = 20"],
+                  ["--gin_binding", "Trainer.log_every = 7"],
+                  ["--gin_file", str(path / "config.gin")]):
+        assert _cli(dirs, "--method", "socodt", *extra) == 0
+        assert "already finished" in capsys.readouterr().out, extra
     assert (path / "final.json").stat().st_mtime_ns == mtime
-    assert "already finished" in capsys.readouterr().out
-    # ... also when only how it is carried out changes, not what it computes
-    assert _cli(dirs, "--method", "socodt", "--gin_binding", "Trainer.log_every = 7") == 0
-    assert "already finished" in capsys.readouterr().out
-    # but a run with other settings is not passed off as this one
-    assert _cli(dirs, "--method", "socodt", "--gin_binding", "SOCODT_ALPHA = 5.0") == 2
+    # another setting is another run, in its own directory
+    other = _path(dirs, "socodt", "SOCODT_ALPHA = 5.0")
+    assert other.parent != path.parent and other.parent.parent == path.parent.parent
+    assert not other.exists()
+
+
+@pytest.mark.parametrize("binding, message", [
+    ("Trainer.total_steps = 5", "Trainer.total_steps has no effect: the runner sets it (from "
+                                "Run.budget_sequences)"),
+    ("socodt.update_interval = 2", "socodt.update_interval has no effect: the runner sets it"),
+    ("Evaluator.num_goals = 10", "Evaluator.num_goals has no effect: the runner sets it"),
+    ("harmodt_f.k_max = 3", "harmodt_f.k_max has no effect: this run builds only"),
+    ("SOCODT_ALHPA = 3.0", "SOCODT_ALHPA has no effect: no parameter of this run reads it"),
+    ("train/Trainer.learning_rate = 1.0", "runs enter no gin scope"),
+    ("socodt_fixed.swap_count = 3", "socodt_fixed.swap_count has no effect"),
+])
+def test_bindings_that_would_not_take_effect_are_errors(dirs, capsys, binding, message):
+    assert _cli(dirs, "--method", "socodt", "--gin_binding", binding) == 2
     err = capsys.readouterr().err.strip()
-    assert "holds a finished run made with other settings (socodt.alpha: 20.0 -> 5.0)" in err
-    assert len(err.splitlines()) == 1 and (path / "final.json").stat().st_mtime_ns == mtime
+    assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_identity_is_by_value():
+    """Equal values, one identity: explicit defaults, ints for floats, macro or direct."""
+    base = plan_run("socodt", "tiny")
+    for bindings in (["SOCODT_BETA_MIN = 5"], ["socodt.beta_min = 5.0"],
+                     ["Run.quality = 'near-optimal'"], ["Trainer.learning_rate = 0.0001"],
+                     ["Evaluator.workers = 2", "Run.checkpoint_every_steps = 3"]):
+        assert plan_run("socodt", "tiny", bindings=bindings).identity == base.identity
+    changed = plan_run("socodt", "tiny", bindings=["SOCODT_BETA_MIN = 6"])
+    assert changed.identity["method"]["beta_min"] == 6.0 and changed.cell != base.cell
+    # the seed makes a replicate of the same cell
+    assert plan_run("socodt", "tiny", bindings=["Run.seed = 3"]).cell == base.cell
+    # what the trainer computes in is part of it (bf16 on CUDA only): same here on a CPU
+    assert plan_run("socodt", "tiny", bindings=["Trainer.bf16 = False"]).cell == base.cell
 
 
 def test_killed_run_resumes_to_the_same_result(dirs):
     """SIGKILL mid-training, rerun: the final result equals an uninterrupted run's."""
     env = _subprocess_env(dirs)
     args = [sys.executable, "-m", "mtrl_bench", "run", "--method", "harmodt-f", *TINY]
-    path = run_dir(dirs["results"], "random-2:0", "near-optimal", "harmodt-f", 2)
+    path = plan_run("harmodt-f", "tiny", bindings=["Run.seed = 2"], results=dirs["results"]).path
     proc = subprocess.Popen([*args, "--seed", "2"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
 
@@ -92,10 +137,6 @@ def test_killed_run_resumes_to_the_same_result(dirs):
     proc.wait()
     assert (path / "checkpoint.pt").exists() and not is_finished(path)
     killed_wall = checkpointed_wall_time()
-    other = subprocess.run([*args, "--seed", "2", "--gin_binding", "Run.batch_size = 2"],
-                           env=env, capture_output=True, text=True)
-    assert other.returncode == 2 and "checkpoint of an unfinished run made with other " \
-        "settings (Run.batch_size: 4 -> 2" in other.stderr
     subprocess.run([*args, "--seed", "2"], env=env, check=True, capture_output=True)
     resumed = _final(path)
     assert json.loads((path / "meta.json").read_text())["wall_time_s"] > killed_wall > 0
@@ -114,6 +155,7 @@ def test_killed_run_resumes_to_the_same_result(dirs):
     (["--method", "socodt", "--gin_binding", "Run.seed = 'a'"], "Run.seed must be int, got 'a'"),
     (["--method", "socodt", "--gin_binding", "Run.batch_size = 0"],
      "Run.batch_size must be >= 1, got 0"),
+    (["--method", "socodt", "--seed", "-1"], "Run.seed must be >= 0, got -1"),
     (["--method", "socodt", "--device", "cuda"], "no CUDA GPU is available"),
 ])
 def test_bad_input_gives_one_line_errors(dirs, capsys, args, message):

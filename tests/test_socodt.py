@@ -5,6 +5,7 @@ import math
 from pathlib import Path
 
 import gin
+import numpy as np
 import pytest
 import torch
 from mtrl_bench.methods.socodt import (
@@ -232,8 +233,26 @@ def test_update_masks_planted_conflicts_and_recovers_planted_harmony():
     assert summary["sparsity"] == pytest.approx([0.06, 0.06, 0.05, 0.06])
     assert summary["mean_soft_value"][3] == pytest.approx(4 / 81 / 6)
     assert len(metrics["conflict_threshold"]) == len(metrics["harmony_threshold"]) == 4
-    hist = metrics["conflict_hist"]
-    assert len(hist["edges"]) == len(hist["counts"]) + 1 and sum(hist["counts"]) == 400
+    assert sum(metrics["conflict_hist"]["counts"]) == 400  # every entry of every task
+
+
+def test_conflict_histogram_bins_scores_in_score_units():
+    """The logged histogram counts each score in the signed log10 bin that holds it."""
+    from mtrl_bench.strategy import histogram_edges, signed_log_histogram
+
+    rng = np.random.default_rng(0)
+    values = rng.choice([-1.0, 1.0], 5000) * 10.0 ** rng.uniform(-25, 3, 5000)
+    values[:7] = 0.0
+    record = signed_log_histogram(torch.tensor(values, dtype=torch.float64).reshape(50, 100))
+    edges = np.array(histogram_edges(record["low"], record["high"], record["per_decade"]))
+    clipped = np.sign(values) * np.clip(np.abs(values), 10.0 ** -22, 10.0 ** 2)
+    clipped[np.abs(values) <= 1e-22] = 0.0  # the zero bin
+    expected = np.histogram(clipped, bins=edges)[0]
+    counts = np.zeros(len(edges) - 1, dtype=int)
+    counts[record["first"]:record["first"] + len(record["counts"])] = record["counts"]
+    # np.histogram's bins are half-open [a, b) like histc's, up to float rounding at edges
+    assert counts.sum() == 5000 and np.abs(counts - expected).sum() <= 4
+    assert counts[len(counts) // 2] == 7 + np.sum((np.abs(values) <= 1e-22) & (values != 0))
 
 
 def test_update_with_zero_mean_gradient_changes_nothing():

@@ -2,10 +2,12 @@
 
 import json
 
+import pandas as pd
 import pytest
 
 from mtrl_bench.cli import main
-from mtrl_bench.rundir import is_finished, run_dir
+from mtrl_bench.rundir import is_finished
+from mtrl_bench.runner import plan_run
 from mtrl_bench.sweep import build_grid, run_ray
 
 
@@ -24,17 +26,51 @@ def test_local_sweep_runs_the_grid_and_skips_finished_runs(tmp_path, data_dir, c
             "--seeds", "0", "--parallel", "2", "--results-dir", results, "--",
             *_run_args(data_dir)]
     assert main(argv) == 0
-    paths = [run_dir(results, "random-2:0", "near-optimal", m, 0) for m in ("promptdt",
-                                                                           "harmodt-r")]
+    paths = [plan_run(m, "tiny", results=results).path for m in ("promptdt", "harmodt-r")]
     assert all(is_finished(p) for p in paths)
     assert "2 succeeded, 0 failed" in capsys.readouterr().out
     assert main(argv) == 0
     assert "2 already finished, 0 to run" in capsys.readouterr().out
-    # finished runs made with other settings are not skipped as if they were this grid's
-    assert main([*argv, "--gin_binding", "Run.budget_sequences = 80"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "2 finished run(s) of this grid were made with other settings" in err
-    assert "Run.budget_sequences: 160 -> 80" in err and len(err.splitlines()) == 1
+    # other settings are other cells: planned as new runs, never taken for these
+    assert main(["sweep", "--methods", "promptdt", "harmodt-r", "--suites", "random-2:0",
+                 "--seeds", "0", "--results-dir", results, "--dry-run", "--",
+                 *_run_args(data_dir), "--gin_binding", "Run.budget_sequences = 80"]) == 0
+    assert "0 already finished, 2 to run" in capsys.readouterr().out
+
+
+def test_run_and_sweep_land_in_one_cell(tmp_path, data_dir, capsys):
+    """`run` leaves --quality to the preset, `sweep` passes it: still one cell (n=2)."""
+    results = str(tmp_path / "results")
+    assert main(["run", "--method", "mtdt", *_run_args(data_dir), "--results-dir",
+                 results]) == 0
+    assert main(["sweep", "--methods", "mtdt", "--suites", "random-2:0", "--seeds", "0", "1",
+                 "--results-dir", results, "--", *_run_args(data_dir)]) == 0
+    assert "1 already finished, 1 to run" in capsys.readouterr().out
+    assert main(["table", "--results-dir", results, "--resamples", "100"]) == 0
+    frame = pd.read_csv(tmp_path / "results" / "tables" / "table1.csv")
+    assert frame["n"].tolist() == [2] and frame["row"].tolist() == ["mtdt"]
+    assert "Runs left out: none." in capsys.readouterr().out
+
+
+def test_grid_points_are_cells_and_apply_only_where_they_take_effect(tmp_path, data_dir,
+                                                                     capsys):
+    results = str(tmp_path / "results")
+    assert main(["sweep", "--methods", "promptdt", "socodt", "--suites", "random-2:0",
+                 "--seeds", "0", "1", "--grid", "SOCODT_BETA_MIN=1,10",
+                 "--grid", "Trainer.learning_rate=1e-4,3e-4", "--results-dir", results,
+                 "--dry-run", "--", *_run_args(data_dir)]) == 0
+    out = capsys.readouterr().out
+    # promptdt: 2 learning rates x 2 seeds; socodt: 2 x 2 grid points x 2 seeds
+    assert "sweep: 12 runs, 0 already finished, 12 to run" in out
+    assert "promptdt: --grid SOCODT_BETA_MIN = 1 has no effect, not applied" in out
+    commands = [line for line in out.splitlines() if line.startswith("  mtrl-bench run")]
+    assert sum("SOCODT_BETA_MIN = 10" in c and "socodt" in c for c in commands) == 4
+    assert not any("SOCODT" in c for c in commands if "--method promptdt" in c)
+    for bad, message in (("SOCODT_BETA_MIN", "expected NAME=V1,V2"),
+                         ("SOCODT_BETA_MIN=1,1", "repeats a value")):
+        assert main(["sweep", "--methods", "socodt", "--suites", "mt5", "--grid", bad,
+                     "--dry-run"]) == 2
+        assert message in capsys.readouterr().err
 
 
 def test_local_executor_never_puts_two_runs_on_one_gpu(monkeypatch):
@@ -71,7 +107,7 @@ def test_ray_executor_runs_on_a_real_local_ray_instance(tmp_path, data_dir):
                        [*_run_args(data_dir), "--results-dir", results])
     codes = run_ray(specs, address=None, gpus_per_run=0)
     assert codes == {"random-2:0/near-optimal/mtdt/seed3": 0}
-    path = run_dir(results, "random-2:0", "near-optimal", "mtdt", 3)
+    path = plan_run("mtdt", "tiny", bindings=["Run.seed = 3"], results=results).path
     assert is_finished(path)
     assert json.loads((path / "meta.json").read_text())["method"] == "mtdt"
 

@@ -1,248 +1,289 @@
-"""`mtrl-bench table` on fabricated run directories, checked against independent formulas."""
+"""`mtrl-bench table` on synthetic run directories, every number checked independently."""
 
 from __future__ import annotations
 
 import json
-import re
+import math
+import shutil
+import subprocess
 
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats as sps
+from synthetic_runs import ENTRIES, TASKS, build, main_runs, scores
 
 from mtrl_bench.cli import main
-from mtrl_bench.suites import FIXED_SUITES
+from mtrl_bench.render import MINUS
 
-TASKS = FIXED_SUITES["mt5"]
-QUALITIES = ("near-optimal", "sub-optimal")
 RESAMPLES = "200"
+NEAR, SUB = "MT5 near-optimal [1]", "MT5 sub-optimal"  # [2]: the other budget
 
 
-def write_run(root, method, quality, seed, success, returns, *, best_offset=0.05,
-              status="finished", final=True, suite="mt5", budget=16000, folder=None):
-    """A run directory in the runner's contract format (meta.json, final.json)."""
-    path = root / suite.replace(":", "_") / quality / method / (folder or f"seed{seed}")
-    path.mkdir(parents=True)
-    meta = {"method": method, "suite": suite, "tasks": TASKS, "quality": quality,
-            "seed": seed, "preset": "quick", "status": status,
-            "settings": {"protocol": {"Run.budget_sequences": str(budget)}, "method": {}}}
-    (path / "meta.json").write_text(json.dumps(meta))
-
-    def block(offset):
-        return {"step": 100, "num_goals": 50,
-                "success": {t: float(min(s + offset, 1.0)) for t, s in zip(TASKS, success)},
-                "return": {t: float(r) for t, r in zip(TASKS, returns)},
-                "mean_success": float(np.mean(success)), "mean_return": float(np.mean(returns))}
-
-    if final:
-        (path / "final.json").write_text(json.dumps(
-            {"tasks": TASKS, "final": block(0.0), "best": block(best_offset)}))
-    return path
-
-
-# method -> (level of success, seeds present per quality). mtdt has no sub-optimal runs;
-# socodt-nomag has none at all (Table 4 must show it as missing); harmodt-m has one seed.
-PLAN = {
-    "promptdt": (0.45, {"near-optimal": 3, "sub-optimal": 3}),
-    "mtdt": (0.40, {"near-optimal": 2}),
-    "harmodt-m": (0.52, {"near-optimal": 1, "sub-optimal": 1}),
-    "harmodt-f": (0.55, {"near-optimal": 3, "sub-optimal": 3}),
-    "socodt-hard": (0.60, {"near-optimal": 2, "sub-optimal": 2}),
-    "socodt-fixed": (0.62, {"near-optimal": 2, "sub-optimal": 2}),
-    "socodt": (0.80, {"near-optimal": 3, "sub-optimal": 3}),
-}
-
-
-@pytest.fixture
-def fabricated(tmp_path):
-    """Run directories plus the arrays they hold: {(quality, method): (success, returns)}."""
-    rng = np.random.default_rng(7)
-    runs = tmp_path / "runs"
-    truth = {}
-    task_offsets = np.linspace(-0.15, 0.15, len(TASKS))
-    for method, (level, seeds) in PLAN.items():
-        for quality, count in seeds.items():
-            shift = 0.0 if quality == "near-optimal" else -0.2
-            success = np.clip(level + shift + task_offsets
-                              + rng.normal(0, 0.03, (count, len(TASKS))), 0, 1)
-            success = np.round(success * 50) / 50  # rates over 50 goals
-            returns = 4000 * success + rng.normal(0, 50, success.shape)
-            for seed in range(count):
-                write_run(runs, method, quality, seed, success[seed], returns[seed])
-            truth[(quality, method)] = (success, returns)
-    write_run(runs, "socodt", "near-optimal", 3, [0.0] * 5, [0.0] * 5, status="running",
-              final=False)
-    write_run(runs, "promptdt", "near-optimal", 7, [0.0] * 5, [0.0] * 5, final=False)
-    return runs, truth
-
-
-def run_table(capsys, *argv):
-    code = main(["table", *argv, "--resamples", RESAMPLES])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def table1_markdown_rows(markdown: str) -> dict[str, list[str]]:
-    """Method -> its cells in the first Markdown table (Table 1)."""
-    block = markdown.split("### Table 1: ")[1].split("\n\n")[1]
-    rows = {}
-    for line in block.splitlines()[2:]:
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        rows[cells[0]] = cells[1:]
-    return rows
-
-
-def test_table1_numbers_match_independent_computation(fabricated, tmp_path, capsys):
-    runs, truth = fabricated
-    out = tmp_path / "tables"
-    code, stdout, _ = run_table(capsys, "--runs", str(runs), "--out", str(out))
+@pytest.fixture(scope="module")
+def tables(tmp_path_factory):
+    """The synthetic runs and the tables `mtrl-bench table` made of them."""
+    root = tmp_path_factory.mktemp("tables")
+    runs = build(root / "runs")
+    out = root / "tables"
+    code = main(["table", "--results-dir", str(root), "--resamples", RESAMPLES])
     assert code == 0
-    for name in ("table1", "table1_best", "table4", "per_task", "iqm"):
-        for suffix in ("md", "csv", "tex"):
-            assert (out / f"{name}.{suffix}").stat().st_size > 0
-    assert "### Table 1: success rate (%), final checkpoint" in stdout
+    return runs, out
 
-    frame = pd.read_csv(out / "table1.csv")
-    frame = frame.set_index(["quality", "method"])
-    baselines = ("promptdt", "mtdt", "harmodt-m", "harmodt-f")
-    comparisons = []
-    for quality in QUALITIES:
-        per_run = {m: truth[(quality, m)][0].mean(axis=1)
-                   for m in PLAN if (quality, m) in truth and m in baselines + ("socodt",)}
-        best_baseline = max((m for m in per_run if m in baselines),
-                            key=lambda m: per_run[m].mean())
-        assert best_baseline == "harmodt-f"
+
+def csv(out, name):
+    return pd.read_csv(out / f"{name}.csv")
+
+
+def welch(x, y):
+    """Welch's t-interval and p by the textbook formulas (not scipy's ttest_ind)."""
+    vx, vy = x.var(ddof=1) / x.size, y.var(ddof=1) / y.size
+    se = math.sqrt(vx + vy)
+    df = (vx + vy) ** 2 / (vx ** 2 / (x.size - 1) + vy ** 2 / (y.size - 1))
+    diff = x.mean() - y.mean()
+    half = sps.t.ppf(0.975, df) * se
+    return diff, diff - half, diff + half, 2 * sps.t.sf(abs(diff) / se, df)
+
+
+def fmt(value, digits=2):
+    text = f"{round(value, digits):.{digits}f}"
+    return "0.00" if float(text) == 0 else text.replace("-", MINUS)
+
+
+def test_table1_every_number(tables):
+    runs, out = tables
+    frame = csv(out, "table1")
+    main_frame = frame[frame["column"].isin([NEAR, SUB])]
+    # rows: methods with their main parameters; ablations are not here
+    assert set(main_frame["row"]) == {"promptdt", "mtdt", "harmodt-f", "harmodt-m", "socodt",
+                                      "socodt [alpha=25.0]", "socodt [beta_min=10.0]"}
+    pvalues = []
+    for column, quality in ((NEAR, "near-optimal"), (SUB, "sub-optimal")):
+        per_run = {m: scores(main_runs(runs, m, quality))[0].mean(axis=1)
+                   for m in ("promptdt", "mtdt", "harmodt-f", "harmodt-m", "socodt")
+                   if main_runs(runs, m, quality)}
+        # the reference: best baseline with >= 2 seeds (mtdt has one seed and a higher mean)
+        reference = max((m for m in per_run if m != "socodt" and per_run[m].size >= 2),
+                        key=lambda m: (per_run[m].mean(), m == "harmodt-f"))
+        assert reference == "harmodt-f"
         for method, values in per_run.items():
-            row = frame.loc[(quality, method)]
-            assert row["status"] == "finished" and row["n"] == len(values)
-            assert row["mean_success_pct"] == pytest.approx(100 * values.mean(), abs=1e-4)
-            if len(values) > 1:
-                assert row["std_success_pct"] == pytest.approx(100 * np.std(values, ddof=1),
-                                                               abs=1e-4)
+            row = main_frame[(main_frame["column"] == column) & (main_frame["row"] == method)]
+            assert len(row) == 1
+            row = row.iloc[0]
+            assert row["n"] == values.size and row["reference"] == reference
+            assert row["mean_success_pct"] == pytest.approx(100 * values.mean(), abs=1e-8)
+            if values.size > 1:
+                std = values.std(ddof=1)
+                half = sps.t.ppf(0.975, values.size - 1) * std / math.sqrt(values.size)
+                assert row["std_success_pct"] == pytest.approx(100 * std, abs=1e-8)
+                assert row["ci_low_success_pct"] == pytest.approx(100 * (values.mean() - half))
             else:
-                assert np.isnan(row["std_success_pct"])
-            if method == best_baseline:
+                assert np.isnan(row["std_success_pct"]) and np.isnan(row["ci_low_success_pct"])
+            if method == reference:
+                assert np.isnan(row["diff_pct"])
                 continue
-            assert row["best_baseline"] == best_baseline
-            if len(values) > 1:
-                expected = sps.ttest_ind(values, per_run[best_baseline], equal_var=False).pvalue
-                assert row["p_welch"] == pytest.approx(expected, rel=1e-4)
-                comparisons.append((row["p_welch"], row["p_welch_bh"]))
-            else:
-                assert np.isnan(row["p_welch"]) and np.isnan(row["ci_low_pct"])
-            diff = 100 * (truth[(quality, method)][0].mean()
-                          - truth[(quality, best_baseline)][0].mean())
-            assert row["diff_pct"] == pytest.approx(diff, abs=1e-4)
-        socodt = frame.loc[(quality, "socodt")]
-        assert socodt["ci_low_pct"] < socodt["diff_pct"] < socodt["ci_high_pct"]
-        assert socodt["ci_low_pct"] > 0 and socodt["significant"] == "up"
-    raw = [p for p, _ in comparisons]
-    adjusted = sps.false_discovery_control(raw, method="bh")
-    assert [bh for _, bh in comparisons] == pytest.approx(list(adjusted), rel=1e-4)
-    # Ablation variants are Table 4's business.
-    assert "socodt-hard" not in frame.index.get_level_values("method")
+            base = per_run[reference]
+            if values.size < 2 or np.ptp(np.r_[values, base]) == 0 or (
+                    np.ptp(values) == 0 and np.ptp(base) == 0):
+                assert np.isnan(row["p_welch"]) and np.isnan(row["diff_ci_low_pct"])
+                assert row["diff_pct"] == pytest.approx(100 * (values.mean() - base.mean()))
+                continue
+            diff, low, high, p = welch(values, base)
+            assert row["diff_pct"] == pytest.approx(100 * diff, abs=1e-8)
+            assert row["diff_ci_low_pct"] == pytest.approx(100 * low, rel=1e-6)
+            assert row["diff_ci_high_pct"] == pytest.approx(100 * high, rel=1e-6)
+            assert row["p_welch"] == pytest.approx(p, rel=1e-6)
+            assert row["p_mann_whitney"] == pytest.approx(
+                sps.mannwhitneyu(values, base).pvalue, rel=1e-6)
+            pvalues.append((column, method, p))
+    # the other rows of the near-optimal column are compared too (BH counts them)
+    for label in ("socodt [alpha=25.0]",):
+        row = main_frame[(main_frame["column"] == NEAR) & (main_frame["row"] == label)].iloc[0]
+        values = np.array([r.success.mean() for r in runs if r.identity["method"].get("alpha")
+                           == 25.0])
+        base = scores(main_runs(runs, "harmodt-f", "near-optimal"))[0].mean(axis=1)
+        pvalues.append((NEAR, label, welch(values, base)[3]))
+    # BH over every defined p-value of the table (other columns' included)
+    defined = frame.dropna(subset=["p_welch"])
+    assert len(defined) == len(pvalues)
+    adjusted = sps.false_discovery_control([p for _, _, p in pvalues], method="bh")
+    for (column, label, _), p_adj in zip(pvalues, adjusted):
+        row = frame[(frame["column"] == column) & (frame["row"] == label)].iloc[0]
+        assert row["p_welch_bh"] == pytest.approx(p_adj, rel=1e-6)
+    verdicts = frame.set_index(["column", "row"])["verdict"]
+    assert verdicts[(NEAR, "socodt")] == "↑ higher"  # clear winner, 5 vs 5 seeds
+    assert verdicts[(SUB, "socodt")].startswith("under-powered")  # 3 seeds
+    assert verdicts[(NEAR, "harmodt-m")] == "not significant"  # an exact tie
+    assert frame.set_index(["column", "row"]).loc[(NEAR, "harmodt-m"), "diff_pct"] == 0
+    assert verdicts[(NEAR, "mtdt")].startswith("n/a")  # one seed
 
 
-def test_table1_markdown_bold_missing_and_seed_counts(fabricated, tmp_path, capsys):
-    runs, truth = fabricated
-    out = tmp_path / "tables"
-    run_table(capsys, "--runs", str(runs), "--out", str(out))
+def test_table1_markdown_and_left_out_runs(tables):
+    runs, out = tables
     markdown = (out / "table1.md").read_text()
-    rows = table1_markdown_rows(markdown)
-    near, sub = 0, 1
-    socodt = truth[("near-optimal", "socodt")][0].mean(axis=1)
-    expected = f"**{100 * socodt.mean():.2f} ± {100 * np.std(socodt, ddof=1):.2f}** ↑ (n=3)"
-    assert rows["socodt"][near] == expected
-    assert rows["mtdt"][sub] == "—"  # missing, not 0
-    assert "(n=2)" in rows["mtdt"][near]
-    one_seed = truth[("near-optimal", "harmodt-m")][0].mean()
-    assert rows["harmodt-m"][near] == f"{100 * one_seed:.2f} (n=1)"  # no ± with one seed
-    assert sum("**" in cell for row in rows.values() for cell in row) == 2
-    assert "promptdt mt5 near-optimal seed7: incomplete (final.json missing)" in markdown
-    assert "socodt mt5 near-optimal seed3: running\n" in markdown
-    comparisons = markdown.split("### Table 1 comparisons")[1]
-    assert "n/a (needs ≥2 seeds each)" in comparisons  # harmodt-m, one seed
+    header = markdown.split("\n\n")[1].splitlines()[0]
+    assert f"{NEAR} Δ vs harmodt-f (pp)" in header  # the reference is named
+    names = [c.strip() for c in header.strip("|").split("|")]
+    lines = {}
+    for line in markdown.split("\n\n")[1].splitlines()[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        lines[cells[0]] = dict(zip(names, cells))
+    s_near, d_near = f"{NEAR} success (%)", f"{NEAR} Δ vs harmodt-f (pp)"
+    s_sub, d_sub = f"{SUB} success (%)", f"{SUB} Δ vs harmodt-f (pp)"
+    socodt = scores(main_runs(runs, "socodt", "near-optimal"))[0].mean(axis=1)
+    harmodt = scores(main_runs(runs, "harmodt-f", "near-optimal"))[0].mean(axis=1)
+    assert lines["socodt"][s_near] == (f"**{fmt(100 * socodt.mean())} ± "
+                                  f"{fmt(100 * socodt.std(ddof=1))}** (n=5)")
+    diff, low, high, _ = welch(socodt, harmodt)
+    assert lines["socodt"][d_near] == (f"+{fmt(100 * diff)} [{fmt(100 * low)}, "
+                                       f"{fmt(100 * high)}] ↑")
+    tie = scores(main_runs(runs, "harmodt-m", "near-optimal"))[0].mean(axis=1)
+    _, low, high, _ = welch(tie, harmodt)
+    assert lines["harmodt-m"][d_near] == f"0.00 [{fmt(100 * low)}, {fmt(100 * high)}]"  # no −0.00
+    assert lines["harmodt-f"][d_near] == "reference"
+    assert lines["mtdt"][s_sub] == "—" and lines["mtdt"][d_sub] == "—"  # missing, not 0
+    one = scores(main_runs(runs, "mtdt", "near-optimal"))[0].mean()
+    assert lines["mtdt"][s_near] == f"{fmt(100 * one)} (n=1)"
+    sub = scores(main_runs(runs, "socodt", "sub-optimal"))[0].mean(axis=1)
+    sub_base = scores(main_runs(runs, "harmodt-f", "sub-optimal"))[0].mean(axis=1)
+    diff, low, high, _ = welch(sub, sub_base)
+    assert lines["socodt"][d_sub] == (f"{'+' if diff > 0 else ''}{fmt(100 * diff)} "
+                                  f"[{fmt(100 * low)}, {fmt(100 * high)}] under-powered")
+    assert "↑" not in lines["socodt"][d_sub] and "↓" not in lines["socodt"][d_sub]
+    assert "socodt-hard" not in lines  # ablations go to table4
+    # the run with another budget has its own column, the unfinished run is listed
+    assert "MT5 near-optimal [2]" in markdown and "run.budget_sequences: 16000 -> 8000000" \
+        in markdown
+    assert "socodt mt5 near-optimal seed7" in markdown and ": running" in markdown
+    assert "socodt [alpha=25.0]: socodt with alpha: 20.0 -> 25.0." in markdown
+    # BH note counts the p-values actually adjusted
+    defined = csv(out, "table1")["p_welch"].notna().sum()
+    assert f"adjustment over the {defined} p-values defined in this table" in markdown
 
-    csv = pd.read_csv(out / "table1.csv").set_index(["quality", "method"])
-    assert csv.loc[("sub-optimal", "mtdt"), "status"] == "missing"
-    assert np.isnan(csv.loc[("sub-optimal", "mtdt"), "mean_success_pct"])
 
-    latex = (out / "table1.tex").read_text()
-    assert "\\textbf{" in latex and "$^{\\uparrow}$" in latex
-    assert "\\multicolumn{2}{c}{MT5}" in latex
-    body = latex.split("\\midrule")[1].split("\\bottomrule")[0].strip().splitlines()
-    assert {line.count(" & ") for line in body} == {2}
-
-
-def test_best_over_evaluations_is_separate_and_labelled(fabricated, tmp_path, capsys):
-    runs, truth = fabricated
-    out = tmp_path / "tables"
-    run_table(capsys, "--runs", str(runs), "--out", str(out))
-    best = pd.read_csv(out / "table1_best.csv").set_index(["quality", "method"])
-    values = np.minimum(truth[("sub-optimal", "promptdt")][0] + 0.05, 1.0).mean(axis=1)
-    assert best.loc[("sub-optimal", "promptdt"), "mean_success_pct"] == pytest.approx(
-        100 * values.mean(), abs=1e-4)
+def test_best_over_evaluations_table_is_separate(tables):
+    runs, out = tables
+    frame = csv(out, "table1_best").set_index(["column", "row"])
+    values = np.minimum(scores(main_runs(runs, "promptdt", "sub-optimal"))[0] + 0.1, 1.0)
+    assert frame.loc[(SUB, "promptdt"), "mean_success_pct"] == pytest.approx(
+        100 * values.mean(axis=1).mean())
     assert "best over evaluations" in (out / "table1_best.md").read_text()
 
-    code, stdout, _ = run_table(capsys, "--runs", str(runs), "--out", str(out),
-                                "--metric", "best")
-    assert code == 0 and (out / "per_task_best.csv").exists()
-    assert "Table 4: component ablations, best over evaluations" in stdout
 
+def test_table4_per_task_iqm_and_long_csv(tables):
+    runs, out = tables
+    table4 = csv(out, "table4").set_index(["column", "row"])
+    success, returns = scores(main_runs(runs, "socodt-fixed", "near-optimal"))
+    row = table4.loc[(NEAR, "socodt-fixed")]
+    assert row["components"] == "S+M" and row["ablation_of"] == "socodt"
+    assert row["mean_success_pct"] == pytest.approx(100 * success.mean(axis=1).mean())
+    assert row["mean_return"] == pytest.approx(returns.mean(axis=1).mean())
+    assert row["std_return"] == pytest.approx(np.std(returns.mean(axis=1), ddof=1))
+    assert table4.loc[(NEAR, "socodt-nomag"), "status"] == "missing"  # registered, no runs
+    assert (NEAR, "promptdt") not in table4.index  # baselines are not ablations
 
-def test_table4_per_task_and_iqm(fabricated, tmp_path, capsys):
-    runs, truth = fabricated
-    out = tmp_path / "tables"
-    run_table(capsys, "--runs", str(runs), "--out", str(out))
-
-    table4 = pd.read_csv(out / "table4.csv").set_index(["quality", "method"])
-    success, returns = truth[("sub-optimal", "socodt-fixed")]
-    row = table4.loc[("sub-optimal", "socodt-fixed")]
-    assert row["components"] == "S+M"
-    assert row["mean_success_pct"] == pytest.approx(100 * success.mean(axis=1).mean(), abs=1e-4)
-    assert row["mean_return"] == pytest.approx(returns.mean(axis=1).mean(), rel=1e-6)
-    assert row["std_return"] == pytest.approx(np.std(returns.mean(axis=1), ddof=1), rel=1e-6)
-    assert table4.loc[("near-optimal", "socodt-nomag"), "status"] == "missing"
-    markdown = (out / "table4.md").read_text()
-    assert re.search(r"\| near-optimal +\| S\+A \(socodt-nomag\) +\| — +\| — +\|", markdown)
-
-    per_task = pd.read_csv(out / "per_task.csv").set_index(["quality", "task", "method"])
-    success = truth[("near-optimal", "promptdt")][0]
+    per_task = csv(out, "per_task").set_index(["column", "task", "row"])
+    success, returns = scores(main_runs(runs, "promptdt", "near-optimal"))
     for index, task in enumerate(TASKS):
-        assert per_task.loc[("near-optimal", task, "promptdt"), "mean_success_pct"] == \
-            pytest.approx(100 * success[:, index].mean(), abs=1e-4)
-    assert "No finished runs here for: mtdt" in (out / "per_task.md").read_text()
+        entry = per_task.loc[(NEAR, task, "promptdt")]
+        assert entry["mean_success_pct"] == pytest.approx(100 * success[:, index].mean())
+        assert entry["std_success_pct"] == pytest.approx(100 * success[:, index].std(ddof=1))
+        assert entry["mean_return"] == pytest.approx(returns[:, index].mean())
 
-    iqm = pd.read_csv(out / "iqm.csv").set_index(["quality", "method"])
-    success = truth[("near-optimal", "socodt")][0]
-    row = iqm.loc[("near-optimal", "socodt")]
-    assert row["iqm_pct"] == pytest.approx(100 * sps.trim_mean(success.ravel(), 0.25), abs=1e-4)
-    assert row["ci_low_pct"] <= row["iqm_pct"] <= row["ci_high_pct"]
-    assert np.isnan(iqm.loc[("near-optimal", "harmodt-m"), "ci_low_pct"])  # one seed
+    iqm = csv(out, "iqm").set_index(["column", "row"])
+    success = scores(main_runs(runs, "socodt", "near-optimal"))[0]
+    entry = iqm.loc[(NEAR, "socodt")]
+    assert entry["iqm_pct"] == pytest.approx(100 * sps.trim_mean(success.ravel(), 0.25))
+    draws = np.random.default_rng(0).integers(0, 5, size=(200, 5))  # the documented resampling
+    boot = [sps.trim_mean(success[d].ravel(), 0.25) for d in draws]
+    assert entry["ci_low_pct"] == pytest.approx(100 * np.percentile(boot, 2.5))
+    assert entry["ci_high_pct"] == pytest.approx(100 * np.percentile(boot, 97.5))
+    assert np.isnan(iqm.loc[(NEAR, "mtdt"), "ci_low_pct"])  # one seed
 
-
-def test_tables_are_deterministic_and_baselines_configurable(fabricated, tmp_path, capsys):
-    runs, _ = fabricated
-    first, second = tmp_path / "a", tmp_path / "b"
-    run_table(capsys, "--runs", str(runs), "--out", str(first))
-    run_table(capsys, "--runs", str(runs), "--out", str(second))
-    assert (first / "table1.csv").read_text() == (second / "table1.csv").read_text()
-    # --results-dir R reads R/runs and writes R/tables
-    assert run_table(capsys, "--results-dir", str(runs.parent))[0] == 0
-    assert (first / "table1.csv").read_text() == (runs.parent / "tables/table1.csv").read_text()
-
-    custom = tmp_path / "c"
-    code, _, _ = run_table(capsys, "--runs", str(runs), "--out", str(custom),
-                           "--baselines", "promptdt", "mtdt")
-    assert code == 0
-    frame = pd.read_csv(custom / "table1.csv")
-    compared = frame[frame["method"] == "harmodt-f"]
-    assert set(compared["best_baseline"]) == {"promptdt"}
-    assert compared["p_welch"].notna().all()
+    long = csv(out, "runs_long")
+    finished = [r for r in runs if r.status == "finished"]
+    assert len(long) == len(finished) * len(TASKS)
+    for run in finished:
+        rows = long[(long["method"] == run.method) & (long["seed"] == run.seed)
+                    & (long["cell"] == run.path.parent.name)].set_index("task")
+        assert rows.loc[TASKS, "final_success"].tolist() == pytest.approx(run.success.tolist())
+        assert rows.loc[TASKS, "final_return"].tolist() == pytest.approx(run.returns.tolist())
 
 
-def test_errors_are_one_line_with_exit_2(fabricated, tmp_path, capsys):
-    runs, _ = fabricated
+def test_mask_dynamics_table(tables):
+    runs, out = tables
+    frame = csv(out, "mask_dynamics").set_index(["column", "row"])
+    assert (NEAR, "promptdt") not in frame.index  # no masks, no row
+    members = main_runs(runs, "socodt", "near-optimal")
+    per_run = []
+    for run in members:
+        masks = [r for r in run.records if r["kind"] == "mask"]
+        per_run.append((np.mean(masks[-1]["sparsity"]),
+                        np.mean([np.mean(r["conflicted"]) for r in masks]),
+                        np.mean([np.mean(r["recovered"]) for r in masks])))
+    sparsity, conflicted, recovered = map(np.array, zip(*per_run))
+    row = frame.loc[(NEAR, "socodt")]
+    assert row["n"] == 5
+    assert row["mean_final_sparsity"] == pytest.approx(sparsity.mean())
+    assert row["std_final_sparsity"] == pytest.approx(sparsity.std(ddof=1))
+    assert row["mean_conflicted_per_update"] == pytest.approx(conflicted.mean())
+    assert row["mean_recovered_share"] == pytest.approx(recovered.mean() / ENTRIES)
+
+
+def test_latex_is_valid(tables, tmp_path):
+    _, out = tables
+    for tex in out.glob("*.tex"):
+        text = tex.read_text()
+        assert text.isascii(), tex  # unicode is mapped to LaTeX, '<' is \textless{}
+        assert "Table 1: " not in text and "\\caption{Success rate" in (
+            text if tex.name == "table1.tex" else "\\caption{Success rate")
+        assert "\\toprule" in text and "\\bottomrule" in text
+        for block in text.split("\\midrule")[1:]:
+            body = block.split("\\bottomrule")[0].strip().splitlines()
+            widths = {line.count(" & ") for line in body}
+            assert len(widths) == 1, tex
+    if shutil.which("pdflatex") is None:
+        pytest.skip("pdflatex is not installed (.ci/run installs it)")
+    document = "\n".join(["\\documentclass{article}", "\\usepackage[T1]{fontenc}",
+                          "\\usepackage{booktabs}",
+                          "\\begin{document}"]
+                         + [f"\\input{{{t}}}" for t in sorted(out.glob("*.tex"))]
+                         + ["\\end{document}"])
+    (tmp_path / "doc.tex").write_text(document)
+    result = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error",
+                             "doc.tex"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stdout[-2000:]
+    assert (tmp_path / "doc.pdf").stat().st_size > 1000
+
+
+def test_reference_and_min_seeds_options(tables, tmp_path, capsys):
+    runs, _ = tables
+    root = next(iter(runs)).path.parents[5]
+    out = tmp_path / "t"
+    assert main(["table", "--runs", str(root / "runs"), "--out", str(out), "--resamples",
+                 RESAMPLES, "--reference", "promptdt", "--min-seeds", "3"]) == 0
+    frame = csv(out, "table1").set_index(["column", "row"])
+    assert frame.loc[(NEAR, "harmodt-f"), "reference"] == "promptdt"
+    assert frame.loc[(SUB, "socodt"), "verdict"] == "↑ higher"  # 3 seeds are now enough
+    assert main(["table", "--runs", str(root / "runs"), "--out", str(out),
+                 "--reference", "nosuch"]) == 2
+    assert "unknown method or row 'nosuch'" in capsys.readouterr().err
+
+
+def test_tables_are_deterministic(tables, tmp_path):
+    runs, out = tables
+    root = next(iter(runs)).path.parents[5]
+    again = tmp_path / "again"
+    assert main(["table", "--runs", str(root / "runs"), "--out", str(again), "--resamples",
+                 RESAMPLES]) == 0
+    for path in out.glob("*.*"):
+        assert (again / path.name).read_text() == path.read_text(), path.name
+
+
+def test_errors_are_one_line_with_exit_2(tables, tmp_path, capsys):
+    runs, _ = tables
+    root = next(iter(runs)).path.parents[5]
     empty = tmp_path / "empty"
     empty.mkdir()
     blocker = tmp_path / "a-file"
@@ -250,31 +291,20 @@ def test_errors_are_one_line_with_exit_2(fabricated, tmp_path, capsys):
     cases = [
         (["--runs", str(tmp_path / "nowhere")], "does not exist"),
         (["--runs", str(empty)], f"no finished runs under {empty}"),
-        (["--runs", str(runs), "--out", str(blocker / "tables")], "cannot create results dir"),
-        (["--runs", str(runs), "--baselines", "nosuch"], "unknown baseline(s) nosuch"),
+        (["--runs", str(root / "runs"), "--out", str(blocker / "t")], "cannot create results"),
+        (["--runs", str(root / "runs"), "--baselines", "nosuch"], "unknown method or row"),
+        (["--runs", str(root / "runs"), "--min-seeds", "1"], "--min-seeds must be at least 2"),
     ]
     for argv, message in cases:
-        code, _, err = run_table(capsys, *argv)
-        assert code == 2
+        assert main(["table", *argv]) == 2
+        err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and message in err
 
 
-def test_runs_of_another_protocol_or_backup_folders_are_not_averaged_in(fabricated, tmp_path,
-                                                                        capsys):
-    """A cell averages only runs of one protocol: a run made with another budget, and a
-    copied seed folder, would otherwise enter the mean and the seed count silently."""
-    runs, truth = fabricated
-    write_run(runs, "harmodt-f", "near-optimal", 5, [1.0] * 5, [9e3] * 5, budget=8000000)
-    write_run(runs, "harmodt-f", "near-optimal", 0, [1.0] * 5, [9e3] * 5, folder="seed0.bak")
-    out = tmp_path / "tables"
-    code, stdout, _ = run_table(capsys, "--runs", str(runs), "--out", str(out))
-    assert code == 0
-    row = pd.read_csv(out / "table1.csv").set_index(["quality", "method"]).loc[
-        ("near-optimal", "harmodt-f")]
-    assert row["n"] == 3 and row["seeds"] == "0 1 2"
-    assert row["mean_success_pct"] == pytest.approx(
-        100 * truth[("near-optimal", "harmodt-f")][0].mean(), abs=1e-4)
-    assert ("harmodt-f mt5 near-optimal seed5: not used (made with another protocol than the "
-            "other runs of its suite and dataset (Run.budget_sequences: 16000 -> 8000000))"
-            in stdout)
-    assert "seed0.bak" not in stdout
+def test_runs_without_identity_are_listed_not_used(tmp_path, capsys):
+    path = tmp_path / "runs" / "mt5" / "near-optimal" / "promptdt" / "old" / "seed0"
+    path.mkdir(parents=True)
+    (path / "meta.json").write_text(json.dumps({"method": "promptdt", "status": "finished"}))
+    (path / "final.json").write_text("{}")
+    assert main(["table", "--results-dir", str(tmp_path)]) == 2  # nothing usable
+    assert "no usable finished runs" in capsys.readouterr().err

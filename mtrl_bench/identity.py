@@ -1,0 +1,271 @@
+"""A run's identity: the values it ran with, not the bindings that were parsed.
+
+Every object a run builds (``Run``, the model config, the trainer, the method, the
+evaluator) is constructed with ALL of its arguments passed explicitly, resolved here as
+code default <- gin binding <- value the runner derives (budgets in steps, the suite's task
+count, ...). Those resolved arguments are stored in meta.json; the identity is the part of
+them that decides what the run computes, split in two:
+
+- ``protocol``: everything shared by all methods of a comparison (suite and tasks, data,
+  budget, model, optimiser, precision, evaluation), as ``"section.param": value``;
+- ``method``: the method's name and its own parameters, code defaults included.
+
+The seed and what only changes how a run is carried out (checkpoint interval, logging,
+``torch.compile``, evaluation workers) are not part of it. Two runs with equal identities
+are replicates (seeds) of one cell; reuse, resume, sweeps, tables and plots all compare
+identities, so a binding set to its default, a run made by ``sweep`` instead of ``run``,
+and a code default changed between runs are all handled the same way: by value.
+
+A binding that would not take effect (a parameter the runner sets itself, a configurable
+this run does not build, a macro nothing reads, a scoped binding) is an error, found by
+:func:`ineffective_bindings`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import math
+import re
+
+import gin
+
+#: arguments outside the identity: the seed (it makes a replicate, not another cell), the
+#: method's name (the identity's "method" part holds it), and what only changes how a run
+#: is carried out; bf16 is replaced by the precision it results in on the run's device
+OUTSIDE_IDENTITY: dict[str, frozenset[str]] = {
+    "Run": frozenset({"seed", "checkpoint_every_steps"}),
+    "Trainer": frozenset({"seed", "method", "log_every", "compile", "device", "bf16"}),
+    "Evaluator": frozenset({"workers", "max_envs"}),
+}
+#: how identity sections are named after the objects the runner builds
+SECTIONS = {"Run": "run", "PromptDTConfig": "model", "Trainer": "trainer",
+            "Evaluator": "evaluator"}
+#: model-config entries that follow from the method (they belong to its row, not the column)
+METHOD_DERIVED_MODEL = frozenset({"conditioning"})
+
+
+def parameters(target) -> list[inspect.Parameter]:
+    """Keyword parameters of a class's constructor (or a function), following ``**kwargs``
+    up the class hierarchy so a subclass that forwards them shows its parents' too."""
+    found: dict[str, inspect.Parameter] = {}
+    classes = list(inspect.getmro(target)) if inspect.isclass(target) else [target]
+    for owner in classes:
+        init = owner.__init__ if inspect.isclass(owner) else owner
+        if owner is object or (inspect.isclass(owner) and "__init__" not in vars(owner)
+                               and owner is not target):
+            continue
+        try:
+            signature = inspect.signature(init)
+        except (TypeError, ValueError):
+            break
+        forwards = False
+        for p in signature.parameters.values():
+            if p.kind is p.VAR_KEYWORD:
+                forwards = True
+            elif p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self":
+                found.setdefault(p.name, p)
+        if not forwards:
+            break
+    return list(found.values())
+
+
+def resolve_arguments(target, gin_name: str, derived: dict | None = None,
+                      skip: tuple[str, ...] = ()) -> dict:
+    """Every keyword argument of ``target`` as it will be passed: ``derived`` (set by the
+    runner) wins over the gin binding of ``gin_name``, which wins over the code default.
+
+    Parameters in ``skip`` (objects the runner passes, such as datasets) are left out.
+    """
+    derived = derived or {}
+    bound = gin.get_bindings(gin_name)
+    resolved = {}
+    for p in parameters(target):
+        if p.name in skip:
+            continue
+        if p.name in derived:
+            resolved[p.name] = derived[p.name]
+        elif p.name in bound:
+            resolved[p.name] = bound[p.name]
+        elif p.default is not p.empty:
+            resolved[p.name] = p.default
+        else:
+            raise TypeError(f"{gin_name}.{p.name} has no default and is not set by the runner")
+    unknown = sorted(set(bound) - {p.name for p in parameters(target)})
+    if unknown:
+        from mtrl_bench.errors import UserError
+
+        raise UserError(f"{gin_name} has no parameter {unknown[0]!r}; valid: "
+                        + ", ".join(p.name for p in parameters(target) if p.name not in skip))
+    types = {p.name: p for p in parameters(target)}
+    return {name: json_value(_as_declared(types[name], value)) for name, value in resolved.items()}
+
+
+def _as_declared(param: inspect.Parameter, value):
+    """An int given for a float parameter becomes that float, so that ``beta_min = 5`` and
+    ``beta_min = 5.0`` are one setting (and one identity hash)."""
+    declared = param.annotation if isinstance(param.annotation, str) else getattr(
+        param.annotation, "__name__", "")
+    is_float = isinstance(param.default, float) or declared.split(" |")[0] == "float"
+    if is_float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def json_value(value):
+    """A JSON-safe form of a resolved argument (tuples become lists, others their repr)."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, (list, tuple)):
+        return [json_value(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): json_value(v) for k, v in value.items()}
+    return repr(value)
+
+
+def build_identity(method: str, arguments: dict[str, dict], method_gin_name: str,
+                   precision: str, dataset: dict, derived_protocol: dict) -> dict:
+    """{"protocol": {"section.param": value}, "method": {"name": ..., param: value}}.
+
+    ``arguments`` maps each built object's gin name to its resolved arguments;
+    ``derived_protocol`` holds runner-derived values of the method's object (its update
+    interval) that follow from the protocol, so they live there and not in the row.
+    """
+    protocol: dict = {}
+    method_part: dict = {"name": method}
+    for owner, args in arguments.items():
+        if owner == method_gin_name:
+            method_part.update({k: v for k, v in args.items() if k not in derived_protocol})
+            continue
+        section = SECTIONS[owner]
+        for name, value in args.items():
+            if name in OUTSIDE_IDENTITY.get(owner, ()):
+                continue
+            if owner == "PromptDTConfig" and name in METHOD_DERIVED_MODEL:
+                method_part[name] = value
+            else:
+                protocol[f"{section}.{name}"] = value
+    protocol["trainer.precision"] = precision
+    protocol.update({f"dataset.{k}": json_value(v) for k, v in dataset.items()})
+    protocol.update({f"method.{k}": json_value(v) for k, v in derived_protocol.items()})
+    return {"protocol": dict(sorted(protocol.items())), "method": method_part}
+
+
+def digest(obj) -> str:
+    """A short stable hash of a JSON-able object (10 hex digits of SHA-256)."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def cell_id(identity: dict) -> str:
+    """The cell a run belongs to: its whole identity (the seed is not part of it)."""
+    return digest(identity)
+
+
+def protocol_id(identity: dict) -> str:
+    return digest(identity["protocol"])
+
+
+def variant_id(identity: dict) -> str:
+    return digest(identity["method"])
+
+
+def flatten(identity: dict) -> dict:
+    """One flat {key: value} dict: protocol keys as they are, method keys as 'method:k'."""
+    flat = dict(identity.get("protocol", {}))
+    flat.update({f"{identity['method'].get('name', 'method')}.{k}": v
+                 for k, v in identity.get("method", {}).items() if k != "name"})
+    return flat
+
+
+def format_value(value) -> str:
+    return repr(value) if isinstance(value, str) else json.dumps(value)
+
+
+def differences(old: dict, new: dict) -> list[str]:
+    """'key: old -> new' for every flat key whose value differs ('unset' where absent)."""
+    keys = sorted(k for k in old.keys() | new.keys() if old.get(k, _UNSET) != new.get(k, _UNSET))
+    return [f"{k}: {_show(old, k)} -> {_show(new, k)}" for k in keys]
+
+
+def describe_difference(old: dict, new: dict, limit: int = 3) -> str:
+    """The first ``limit`` differences between two identities, for a one-line message."""
+    lines = differences(flatten(old), flatten(new))
+    more = f" and {len(lines) - limit} more" if len(lines) > limit else ""
+    return ", ".join(lines[:limit]) + more
+
+
+_UNSET = object()
+
+
+def _show(flat: dict, key: str) -> str:
+    return format_value(flat[key]) if key in flat else "unset"
+
+
+# ---------------------------------------------------------------- bindings that take effect
+
+
+def binding_entries() -> dict[str, str]:
+    """Every parsed gin binding as {"[scope/]Selector.param" or "MACRO": raw value text}."""
+    entries: list[list[str]] = []
+    for line in gin.config_str().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        if line[0].isspace() and entries:  # continuation of a multi-line value
+            entries[-1][1] += " " + line.strip()
+        elif " = " in line:
+            entries.append(line.split(" = ", 1))
+    return {key.strip(): " ".join(value.split()) for key, value in entries}
+
+
+_MACRO = re.compile(r"%([A-Za-z_][\w./]*)")
+
+
+def ineffective_bindings(before: dict[str, str], after: dict[str, str],
+                         built: dict[str, set[str]],
+                         runner_set: dict[str, dict[str, str]]) -> list[str]:
+    """Why each binding the user added or changed (``after`` vs ``before``, both from
+    :func:`binding_entries`) would not take effect; empty when all do.
+
+    ``built``: gin name -> parameters of every configurable this run constructs;
+    ``runner_set``: gin name -> {parameter: what sets it instead}.
+    """
+    def configurable(key: str) -> tuple[str, str, str]:
+        selector, param = key.rsplit(".", 1)
+        scope, _, name = selector.rpartition("/")
+        return scope, name.rsplit(".", 1)[-1], param
+
+    effective = {k for k in after if "." in k and not configurable(k)[0]
+                 and configurable(k)[1] in built}
+    read_macros: set[str] = set()
+    pending = [after[k] for k in effective]
+    while pending:
+        for macro in _MACRO.findall(pending.pop()):
+            if macro not in read_macros:
+                read_macros.add(macro)
+                if macro in after:
+                    pending.append(after[macro])
+    problems = []
+    for key in sorted(k for k in after if before.get(k) != after[k]):
+        if "." not in key:
+            if key not in read_macros:
+                problems.append(f"{key} has no effect: no parameter of this run reads it "
+                                f"(the method's gin file binds the macros it uses)")
+            continue
+        scope, name, param = configurable(key)
+        if scope:
+            problems.append(f"{key} has no effect: runs enter no gin scope ({scope!r}); "
+                            f"bind {name}.{param}")
+        elif name not in built:
+            problems.append(f"{key} has no effect: this run builds only "
+                            f"{', '.join(sorted(built))}")
+        elif param in runner_set.get(name, {}):
+            problems.append(f"{key} has no effect: the runner sets it "
+                            f"({runner_set[name][param]})")
+        elif param not in built[name]:
+            problems.append(f"{key} has no effect: {name} has no parameter {param!r}; valid: "
+                            f"{', '.join(sorted(built[name]))}")
+    return problems
