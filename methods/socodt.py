@@ -276,6 +276,7 @@ class SoCoDTNoMag(SoCoDT):
     """Table 4 "S+A": recovery ranks suppressed entries by plain g_i⊙ḡ (no eq. 9–10 factor)."""
 
     magnitude_harmony = False
+    unused_parameters = {"alpha": "it has no magnitude-sensitive harmony factor"}
 
 
 @register_strategy("socodt-fixed", role="ablation", ablation_of="socodt", components="S+M")
@@ -288,6 +289,9 @@ class SoCoDTFixed(SoCoDT):
     of suppressed entries (the ERK budget, ``initial_sparsity``) all through training.
     β_t, q1 and q3 are not used.
     """
+
+    unused_parameters = {name: "a fixed count replaces the IQR thresholds and β_t"
+                         for name in ("beta_left_max", "beta_min", "beta_right_max", "q1", "q3")}
 
     def __init__(self, swap_count: int = 100, **kwargs):
         super().__init__(**kwargs)

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         # gin appends "In call to configurable ..." lines to exceptions it passes through
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         print(f"mtrl-bench {args.command}: error: {message}", file=sys.stderr)
-        return 2
+        return getattr(err, "exit_code", 2)
     except KeyboardInterrupt:
         print(f"mtrl-bench {args.command}: interrupted", file=sys.stderr)
         return 130

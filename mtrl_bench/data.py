@@ -38,6 +38,7 @@ import json
 import math
 import os
 import re
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -283,7 +284,11 @@ def load_suite_dataset(tasks: list[str], quality: str, *, data_dir=None,
             raise DatasetError(f"missing dataset for {task}: {path} does not exist"
                                f"{_missing_hint(data_dir, task, quality)}; generate it with "
                                f"`mtrl-bench data`")
-        datasets[task] = _load_file(path, expected)
+        try:
+            datasets[task] = _load_file(path, expected)
+        except DatasetError as err:
+            raise DatasetError(f"{err}; " + regenerate_hint(task, quality, expected["episodes"],
+                                                            seed, episode_length)) from None
     return datasets
 
 
@@ -358,11 +363,59 @@ def _run_jobs(jobs: list[datagen.ChunkJob], workers: int, stack: contextlib.Exit
     return pool.imap_unordered(datagen.generate_chunk, jobs)
 
 
+#: bytes a generated step takes: in memory while a task's file is assembled (observation 39
+#: and action 4 float32, reward float32, success bool; twice, for the concatenation), and
+#: on disk, compressed (measured on MT5, rounded up)
+MEMORY_BYTES_PER_STEP = 2 * (39 * 4 + 4 * 4 + 4 + 1)
+DISK_BYTES_PER_STEP = 60
+
+
+def check_size(tasks: list[str], episodes: int, episode_length: int, folder: Path) -> None:
+    """Refuse a dataset that cannot fit, saying how much it would need, before any work."""
+    steps = episodes * episode_length
+    memory, disk = steps * MEMORY_BYTES_PER_STEP, len(tasks) * steps * DISK_BYTES_PER_STEP
+    available = _available_memory()
+    if available is not None and memory > available:
+        raise UserError(f"{episodes} episodes of {episode_length} steps need about "
+                        f"{_gb(memory)} of memory per task while generating; this machine has "
+                        f"{_gb(available)} available")
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if disk > free:
+        raise UserError(f"{len(tasks)} task(s) x {episodes} episodes of {episode_length} steps "
+                        f"need about {_gb(disk)} on disk; {probe} has {_gb(free)} free")
+
+
+def _available_memory() -> int | None:
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _gb(size: float) -> str:
+    return f"{size / 1e9:.1f} GB" if size >= 1e8 else f"{size / 1e6:.1f} MB"
+
+
+def regenerate_hint(task: str, quality: str, episodes: int, seed: int,
+                    episode_length: int) -> str:
+    return (f"regenerate it with `mtrl-bench data --tasks {task} --quality {quality} "
+            f"--episodes {episodes} --seed {seed} --episode-length {episode_length} --force` "
+            "(or rerun with --regenerate-data)")
+
+
 def generate_suite_dataset(tasks: list[str], quality: str, *, data_dir=None, episodes: int,
                            seed: int = 0, episode_length: int = datagen.MAX_EPISODE_LENGTH,
                            workers: int | None = None, progress: bool = True,
-                           ) -> dict[str, Path]:
-    """Generate every task not already generated with these settings; returns the file paths."""
+                           force: bool = False) -> dict[str, Path]:
+    """Generate every task not already generated with these settings; returns the file paths.
+
+    A file that exists but cannot be read or was made with other settings is never replaced
+    silently: it is an error naming it, unless ``force`` asks for regeneration. Missing
+    tasks are generated, which is always said (on stderr), progress bar or not.
+    """
     from tqdm import tqdm
 
     _check_quality(quality)
@@ -372,21 +425,29 @@ def generate_suite_dataset(tasks: list[str], quality: str, *, data_dir=None, epi
     tasks = list(dict.fromkeys(normalize_task_name(t) for t in tasks))
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
     folder = data_dir / quality
-    folder.mkdir(parents=True, exist_ok=True)
-    _remove_stale_tmp(folder)
     settings = {t: _settings(t, quality, episodes, seed, episode_length) for t in tasks}
     paths = {t: dataset_path(data_dir, t, quality, episodes, seed, episode_length)
              for t in tasks}
     reasons = {t: _stale_reason(paths[t], settings[t]) for t in tasks}
-    todo = [t for t in tasks if reasons[t]]
-    for task in todo:
-        if progress and reasons[task] != "missing":
-            print(f"regenerating {task}: {reasons[task]}", file=sys.stderr)
-    if progress and len(todo) < len(tasks):
-        print(f"{len(tasks) - len(todo)} of {len(tasks)} {quality} tasks already generated "
-              f"in {folder}; skipping them", file=sys.stderr)
+    todo = [t for t in tasks if reasons[t] or force]
+    damaged = [t for t in tasks if reasons[t] not in (None, "missing")]
+    if damaged and not force:
+        task = damaged[0]
+        more = f" (and {len(damaged) - 1} more task(s))" if len(damaged) > 1 else ""
+        raise DatasetError(f"{reasons[task]}{more}; "
+                           + regenerate_hint(task, quality, episodes, seed, episode_length))
     if not todo:
         return paths
+    check_size(todo, episodes, episode_length, folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp(folder)
+    for task in todo:
+        if reasons[task] not in (None, "missing"):
+            print(f"regenerating {task} (asked for): {reasons[task]}", file=sys.stderr)
+    done = len(tasks) - len(todo)
+    print(f"generating {len(todo)} {quality} task dataset(s) ({episodes} episodes of "
+          f"{episode_length} steps) in {folder}"
+          + (f"; {done} already there" if done else ""), file=sys.stderr)
     workers = workers or default_workers()
     jobs = chunk_jobs(todo, quality, episodes, seed, episode_length, workers)
     pending: dict[str, list[dict]] = {t: [] for t in todo}
@@ -408,10 +469,11 @@ def generate_suite_dataset(tasks: list[str], quality: str, *, data_dir=None, epi
 def ensure_suite_dataset(tasks: list[str], quality: str, *, data_dir=None, episodes: int,
                          seed: int = 0, episode_length: int = datagen.MAX_EPISODE_LENGTH,
                          workers: int | None = None, progress: bool = True,
-                         ) -> dict[str, TaskDataset]:
-    """Generate what is missing, then load and validate everything."""
+                         force: bool = False) -> dict[str, TaskDataset]:
+    """Generate what is missing (or everything, with ``force``), then load and validate."""
     generate_suite_dataset(tasks, quality, data_dir=data_dir, episodes=episodes, seed=seed,
-                           episode_length=episode_length, workers=workers, progress=progress)
+                           episode_length=episode_length, workers=workers, progress=progress,
+                           force=force)
     return load_suite_dataset(tasks, quality, data_dir=data_dir, episodes=episodes, seed=seed,
                               episode_length=episode_length)
 
@@ -523,6 +585,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="validate stored datasets and print a per-task table")
     parser.add_argument("--harmodt-root", type=Path, metavar="DIR",
                         help="check a HarmoDT/MTDiff-layout folder <DIR>/<task>/<i>.npz instead")
+    parser.add_argument("--force", action="store_true",
+                        help="regenerate the tasks' files even where they exist (a file that "
+                             "does not match or cannot be read is otherwise an error)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -561,6 +626,19 @@ def _print_table(rows: list[dict]) -> None:
     print(tabulate(table, headers="keys", floatfmt=".1f"))
 
 
+def _stray_files(data_dir: Path, qualities: list[str], tasks: list[str] | None) -> list[str]:
+    """Dataset files no task of the suite (or no Meta-World task at all) uses."""
+    lines = []
+    for quality in qualities:
+        for settings, path in _find_files(data_dir, quality):
+            if settings["task"] not in MT50:
+                lines.append(f"{path}: unknown task {settings['task']!r} (not a Meta-World "
+                             "MT50 task)")
+            elif tasks is not None and settings["task"] not in tasks:
+                lines.append(f"{path}: {settings['task']} is not a task of this suite")
+    return lines
+
+
 def _check_generated(args: argparse.Namespace, data_dir: Path) -> list[dict]:
     tasks = resolve_tasks(args.suite, args.tasks) if args.suite or args.tasks else None
     qualities = [_check_quality(args.quality)] if args.quality else list(QUALITIES)
@@ -582,7 +660,8 @@ def _check_generated(args: argparse.Namespace, data_dir: Path) -> list[dict]:
         found.sort(key=lambda item: order.index(item[0]["task"]) if item[0]["task"] in order
                    else len(order))
         for settings, path in found:
-            rows.append(_summary_row(quality, _load_file(path, settings), settings["seed"]))
+            if settings["task"] in MT50:
+                rows.append(_summary_row(quality, _load_file(path, settings), settings["seed"]))
     if not rows:
         raise DatasetError(f"no datasets in {data_dir} match the given suite/tasks/settings")
     return rows
@@ -599,6 +678,11 @@ def run_command(args: argparse.Namespace) -> int:
     if args.check:
         print(f"data dir: {data_dir}")
         _print_table(_check_generated(args, data_dir))
+        tasks = resolve_tasks(args.suite, args.tasks) if args.suite or args.tasks else None
+        qualities = [args.quality] if args.quality else list(QUALITIES)
+        stray = _stray_files(data_dir, qualities, tasks)
+        for line in stray:
+            print(f"not checked: {line}")
         return 0
     tasks = resolve_tasks(args.suite, args.tasks)
     if args.quality is None:
@@ -610,7 +694,7 @@ def run_command(args: argparse.Namespace) -> int:
               else datagen.MAX_EPISODE_LENGTH)
     paths = generate_suite_dataset(tasks, quality, data_dir=data_dir, episodes=episodes,
                                    seed=seed, episode_length=length, workers=args.workers,
-                                   progress=not args.no_progress)
+                                   progress=not args.no_progress, force=args.force)
     print(f"{len(paths)} {quality} task files in {data_dir / quality}")
     settings = {t: _settings(t, quality, episodes, seed, length) for t in paths}
     _print_table([_summary_row(quality, _load_file(p, settings[t]), seed)

@@ -10,3 +10,15 @@ class UserError(Exception):
 
 class DatasetError(UserError):
     """A dataset file is missing, truncated, corrupt or does not match what was asked."""
+
+
+class RunLocked(UserError):
+    """Another process holds the run directory's lock (exit status 75, "try again later")."""
+
+    exit_code = 75
+
+
+class Diverged(UserError):
+    """Training produced a non-finite loss or gradient; nothing non-finite was saved."""
+
+    exit_code = 3

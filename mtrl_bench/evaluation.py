@@ -320,15 +320,30 @@ class Evaluator:
                  goal_indices: Sequence[int] | None = None, max_steps: int = MAX_EPISODE_STEPS,
                  workers: int | None = None, max_envs: int = DEFAULT_MAX_ENVS):
         self.tasks = [normalize_task_name(t) for t in tasks]
-        if not self.tasks or len(set(self.tasks)) != len(self.tasks):
+        self.goal_indices = self.check_arguments(self.tasks, num_goals, goal_indices, max_steps,
+                                                 workers, max_envs)
+        self.max_steps = max_steps
+        self.slots_per_task = min(len(self.goal_indices), max_envs // len(self.tasks))
+        slot_tasks = [t for t in self.tasks for _ in range(self.slots_per_task)]
+        self.pool = EnvPool(slot_tasks, self.goal_indices, workers)
+
+    @staticmethod
+    def check_arguments(tasks: Sequence[str], num_goals: int = NUM_GOALS,
+                        goal_indices: Sequence[int] | None = None,
+                        max_steps: int = MAX_EPISODE_STEPS, workers: int | None = None,
+                        max_envs: int = DEFAULT_MAX_ENVS) -> list[int]:
+        """Validate the arguments without starting anything; returns the goal indices."""
+        if not tasks or len(set(tasks)) != len(tasks):
             raise UserError(f"evaluation needs a non-empty list of distinct tasks, got {tasks}")
         if goal_indices is None:
             if not 1 <= num_goals <= NUM_GOALS:
-                raise UserError(f"num_goals={num_goals} is out of range 1..{NUM_GOALS}")
+                raise UserError(f"num_goals={num_goals} is out of range 1..{NUM_GOALS}: each "
+                                f"task has {NUM_GOALS} goals (Run.eval_goals and "
+                                f"Run.final_eval_goals must be in 1..{NUM_GOALS})")
             goal_indices = range(num_goals)
-        self.goal_indices = [int(g) for g in goal_indices]
-        if (not self.goal_indices or len(set(self.goal_indices)) != len(self.goal_indices)
-                or not all(0 <= g < NUM_GOALS for g in self.goal_indices)):
+        indices = [int(g) for g in goal_indices]
+        if (not indices or len(set(indices)) != len(indices)
+                or not all(0 <= g < NUM_GOALS for g in indices)):
             raise UserError(f"goal indices must be distinct values in 0..{NUM_GOALS - 1}, "
                             f"got {list(goal_indices)}")
         if not 1 <= max_steps <= MAX_EPISODE_STEPS:
@@ -336,13 +351,10 @@ class Evaluator:
                             "(Meta-World truncates episodes at 500 steps)")
         if workers is not None and workers < 1:
             raise UserError(f"workers={workers} must be >= 1")
-        if max_envs < len(self.tasks):
+        if max_envs < len(tasks):
             raise UserError(f"max_envs={max_envs} must be at least the number of tasks "
-                            f"({len(self.tasks)})")
-        self.max_steps = max_steps
-        self.slots_per_task = min(len(self.goal_indices), max_envs // len(self.tasks))
-        slot_tasks = [t for t in self.tasks for _ in range(self.slots_per_task)]
-        self.pool = EnvPool(slot_tasks, self.goal_indices, workers)
+                            f"({len(tasks)})")
+        return indices
 
     @property
     def num_tasks(self) -> int:

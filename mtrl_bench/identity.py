@@ -98,19 +98,51 @@ def resolve_arguments(target, gin_name: str, derived: dict | None = None,
 
         raise UserError(f"{gin_name} has no parameter {unknown[0]!r}; valid: "
                         + ", ".join(p.name for p in parameters(target) if p.name not in skip))
-    types = {p.name: p for p in parameters(target)}
-    return {name: json_value(_as_declared(types[name], value)) for name, value in resolved.items()}
+    declared = {p.name: p for p in parameters(target)}
+    out = {}
+    for name, value in resolved.items():
+        value = _as_declared(declared[name], value)
+        if name not in derived:
+            _check_type(f"{gin_name}.{name}", declared[name], value)
+        out[name] = json_value(value)
+    return out
+
+
+_SIMPLE_TYPES = {"int": int, "float": float, "bool": bool, "str": str, "None": type(None)}
+
+
+def _declared_types(param: inspect.Parameter) -> set[type] | None:
+    """The simple types a parameter accepts (from its annotation, else its default's type);
+    None when that is not a union of int/float/bool/str/None (then nothing is checked)."""
+    annotation = param.annotation
+    if annotation is param.empty:
+        if param.default is None or param.default is param.empty:
+            return None
+        return {type(param.default)}
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
+    names = [n.strip() for n in str(text).split("|")]
+    if not all(n in _SIMPLE_TYPES for n in names):
+        return None
+    return {_SIMPLE_TYPES[n] for n in names}
 
 
 def _as_declared(param: inspect.Parameter, value):
     """An int given for a float parameter becomes that float, so that ``beta_min = 5`` and
     ``beta_min = 5.0`` are one setting (and one identity hash)."""
-    declared = param.annotation if isinstance(param.annotation, str) else getattr(
-        param.annotation, "__name__", "")
-    is_float = isinstance(param.default, float) or declared.split(" |")[0] == "float"
-    if is_float and isinstance(value, int) and not isinstance(value, bool):
+    types = _declared_types(param) or set()
+    if float in types and int not in types and type(value) is int:
         return float(value)
     return value
+
+
+def _check_type(name: str, param: inspect.Parameter, value) -> None:
+    """Gin accepts any literal: a wrongly typed value is refused before any work starts."""
+    from mtrl_bench.errors import UserError
+
+    types = _declared_types(param)
+    if types is not None and type(value) not in types:
+        expected = " or ".join(sorted(t.__name__ for t in types)).replace("NoneType", "None")
+        raise UserError(f"{name} must be {expected}, got {value!r}")
 
 
 def json_value(value):
@@ -127,18 +159,21 @@ def json_value(value):
 
 
 def build_identity(method: str, arguments: dict[str, dict], method_gin_name: str,
-                   precision: str, dataset: dict, derived_protocol: dict) -> dict:
+                   precision: str, dataset: dict, derived_protocol: dict,
+                   unused: set[str] = frozenset()) -> dict:
     """{"protocol": {"section.param": value}, "method": {"name": ..., param: value}}.
 
     ``arguments`` maps each built object's gin name to its resolved arguments;
     ``derived_protocol`` holds runner-derived values of the method's object (its update
-    interval) that follow from the protocol, so they live there and not in the row.
+    interval) that follow from the protocol, so they live there and not in the row;
+    ``unused`` names method parameters the method ignores (left out).
     """
     protocol: dict = {}
     method_part: dict = {"name": method}
     for owner, args in arguments.items():
         if owner == method_gin_name:
-            method_part.update({k: v for k, v in args.items() if k not in derived_protocol})
+            method_part.update({k: v for k, v in args.items()
+                                if k not in derived_protocol and k not in unused})
             continue
         section = SECTIONS[owner]
         for name, value in args.items():
@@ -225,21 +260,24 @@ _MACRO = re.compile(r"%([A-Za-z_][\w./]*)")
 
 
 def ineffective_bindings(before: dict[str, str], after: dict[str, str],
-                         built: dict[str, set[str]],
-                         runner_set: dict[str, dict[str, str]]) -> list[str]:
+                         built: dict[str, set[str]], runner_set: dict[str, dict[str, str]],
+                         unused: dict[str, dict[str, str]] | None = None) -> list[str]:
     """Why each binding the user added or changed (``after`` vs ``before``, both from
     :func:`binding_entries`) would not take effect; empty when all do.
 
     ``built``: gin name -> parameters of every configurable this run constructs;
-    ``runner_set``: gin name -> {parameter: what sets it instead}.
+    ``runner_set``: gin name -> {parameter: what sets it instead}; ``unused``: gin name ->
+    {parameter: why the object ignores it}.
     """
+    unused = unused or {}
     def configurable(key: str) -> tuple[str, str, str]:
         selector, param = key.rsplit(".", 1)
         scope, _, name = selector.rpartition("/")
         return scope, name.rsplit(".", 1)[-1], param
 
     effective = {k for k in after if "." in k and not configurable(k)[0]
-                 and configurable(k)[1] in built}
+                 and configurable(k)[1] in built
+                 and configurable(k)[2] not in unused.get(configurable(k)[1], {})}
     read_macros: set[str] = set()
     pending = [after[k] for k in effective]
     while pending:
@@ -265,6 +303,8 @@ def ineffective_bindings(before: dict[str, str], after: dict[str, str],
         elif param in runner_set.get(name, {}):
             problems.append(f"{key} has no effect: the runner sets it "
                             f"({runner_set[name][param]})")
+        elif param in unused.get(name, {}):
+            problems.append(f"{key} has no effect: {unused[name][param]}")
         elif param not in built[name]:
             problems.append(f"{key} has no effect: {name} has no parameter {param!r}; valid: "
                             f"{', '.join(sorted(built[name]))}")

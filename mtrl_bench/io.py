@@ -12,8 +12,15 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+TMP_GLOB = ".*.tmp"  # what atomic_write's temporary files look like
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it over ``path``."""
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it over ``path``.
+
+    Durable: the file is fsynced before the rename and the folder after it, so after a
+    crash or power loss ``path`` holds the old content or the new, never a torn file. The
+    temporary file is removed if anything fails (a write error, Ctrl-C)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -21,12 +28,34 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     try:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; results are for sharing
+        fsync_path(tmp)
         os.replace(tmp, path)
+        fsync_path(path.parent)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     return path
+
+
+def fsync_path(path: str | os.PathLike) -> None:
+    """Flush a file's or a folder's data to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_temporary_files(folder: Path) -> list[Path]:
+    """Delete :func:`atomic_write` leftovers in ``folder`` (call only while no other process
+    can be writing there, e.g. under the run directory's lock)."""
+    removed = []
+    for path in Path(folder).glob(TMP_GLOB):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

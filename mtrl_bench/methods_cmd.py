@@ -34,7 +34,8 @@ def run_command(args: argparse.Namespace) -> int:
     for name, gin, role, description in rows:
         print(f"{name:<{width}}  {role:<{role_width}}  {description}")
         if args.params:
+            unused = strategies[name].unused_parameters
             for p in parameters(strategies[name]):
-                if p.name not in RUNNER_SET["method"]:
+                if p.name not in RUNNER_SET["method"] and p.name not in unused:
                     print(f"{'':<{width}}    {gin}.{p.name} = {p.default!r}")
     return 0

@@ -288,51 +288,75 @@ def _numeric(values: list) -> bool:
     return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
 
 
-def sensitivity(columns: dict[Column, Series]) -> list[tuple[str, object]]:
-    """(file stem, figure) per suite x quality x method whose cells differ in one setting."""
+def _derived_keys() -> set[str]:
+    """Identity keys the runner derives from others (steps from budgets, goal counts...):
+    they change along with a setting and are not settings of their own."""
+    from mtrl_bench.identity import SECTIONS
+    from mtrl_bench.runner import RUNNER_SET
+
+    return {f"{SECTIONS.get(owner, owner)}.{param}" for owner, params in RUNNER_SET.items()
+            for param in params} | {"dataset.tasks"}
+
+
+def sensitivity(columns: dict[Column, Series]) -> tuple[list[tuple[str, object]], list[str]]:
+    """Figures of final success against one setting, for the cells of one method and suite
+    that differ in that setting alone (everything else equal, derived values aside): one
+    figure per such setting, from the largest group of cells holding the others fixed.
+    Returns ([(file stem, figure)], [why a varying setting got no figure])."""
     groups: dict[tuple[str, str, str], list[Cell]] = {}
     for series in columns.values():
         for cell, _ in series:
             key = (cell.column.suite, cell.column.quality, cell.row.method)
             groups.setdefault(key, []).append(cell)
-    figures = []
+    derived = _derived_keys()
+    figures, skipped = [], []
     for (suite, quality, method), cells in sorted(groups.items()):
-        if len(cells) < 2:
-            continue
-        flats = [flatten(c.identity) for c in cells]
-        varying = sorted(k for k in set().union(*flats)
-                         if len({format_value(f.get(k)) for f in flats}) > 1)
-        if len(varying) != 1:
-            continue
-        key = varying[0]
-        numeric = _numeric([f.get(key) for f in flats])
-        points = sorted(((f.get(key), stats.mean_ci(_final_success(c)), len(c.runs))
-                         for f, c in zip(flats, cells)),
-                        key=lambda p: p[0] if numeric else format_value(p[0]))
-        fig, axes = _new_figure(1, width=5.5, height=3.8)
-        ax = axes[0]
-        values = [p[0] for p in points]
-        xs = values if numeric else list(range(len(values)))
-        means = [100 * p[1].estimate for p in points]
-        lows = [100 * (p[1].estimate - p[1].low) if p[1].low is not None else 0 for p in points]
-        highs = [100 * (p[1].high - p[1].estimate) if p[1].low is not None else 0
-                 for p in points]
-        ax.errorbar(xs, means, yerr=[lows, highs], marker="o", capsize=4,
-                    label="mean over seeds, 95% t-interval")
-        for x, m, p in zip(xs, means, points):
-            ax.annotate(f"n={p[2]}", (x, m), textcoords="offset points", xytext=(4, 4),
-                        fontsize=7)
-        if not numeric:
-            ax.set_xticks(xs, [format_value(v) for v in values])
-        elif min(values) > 0 and max(values) / min(values) >= 20:
-            ax.set_xscale("log")
-        ax.set(xlabel=key, ylabel="final success rate (%)",
-               title=f"{method}, {suite_label(suite)} {quality}\nsensitivity to {key}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        stem = f"sensitivity_{suite.replace(':', '_')}_{quality}_{method}_{key}"
-        figures.append((re.sub(r"[^\w.-]", "_", stem), fig))
-    return figures
+        flats = [{k: format_value(v) for k, v in flatten(c.identity).items()
+                  if k not in derived} for c in cells]
+        varying = sorted(k for k in set().union(*flats) if len({f.get(k) for f in flats}) > 1)
+        for key in varying:
+            others = [k for k in varying if k != key]
+            partitions: dict[tuple, list[int]] = {}
+            for index, flat in enumerate(flats):
+                partitions.setdefault(tuple(flat.get(k) for k in others), []).append(index)
+            best = max(partitions.values(), key=lambda members: (
+                len({flats[i].get(key) for i in members}), len(members)))
+            if len({flats[i].get(key) for i in best}) < 2:
+                skipped.append(f"no sensitivity figure for {key} ({method}, "
+                               f"{suite_label(suite)} {quality}): it never varies alone")
+                continue
+            chosen = [cells[i] for i in best]
+            values = [flatten(c.identity).get(key) for c in chosen]
+            figures.append(_sensitivity_figure(method, suite, quality, key, values, chosen))
+    return figures, skipped
+
+
+def _sensitivity_figure(method, suite, quality, key, values, cells):
+    numeric = _numeric(values)
+    points = sorted(zip(values, (stats.mean_ci(_final_success(c)) for c in cells),
+                        (len(c.runs) for c in cells)),
+                    key=lambda p: p[0] if numeric else format_value(p[0]))
+    fig, axes = _new_figure(1, width=5.5, height=3.8)
+    ax = axes[0]
+    values = [p[0] for p in points]
+    xs = values if numeric else list(range(len(values)))
+    means = [100 * p[1].estimate for p in points]
+    lows = [100 * (p[1].estimate - p[1].low) if p[1].low is not None else 0 for p in points]
+    highs = [100 * (p[1].high - p[1].estimate) if p[1].low is not None else 0 for p in points]
+    ax.errorbar(xs, means, yerr=[lows, highs], marker="o", capsize=4,
+                label="mean over seeds, 95% t-interval")
+    for x, m, p in zip(xs, means, points):
+        ax.annotate(f"n={p[2]}", (x, m), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    if not numeric:
+        ax.set_xticks(xs, [format_value(v) for v in values])
+    elif min(values) > 0 and max(values) / min(values) >= 20:
+        ax.set_xscale("log")
+    ax.set(xlabel=key, ylabel="final success rate (%)",
+           title=f"{method}, {suite_label(suite)} {quality}\nsensitivity to {key}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    stem = f"sensitivity_{suite.replace(':', '_')}_{quality}_{method}_{key}"
+    return re.sub(r"[^\w.-]", "_", stem), fig
 
 
 def _final_success(cell: Cell) -> np.ndarray:
@@ -371,7 +395,9 @@ def build_plots(runs_dir: Path, out: Path) -> tuple[list[Path], list[str], list[
             files.append(_save(fig, out / f"{name}_{_stem(column)}.png"))
             index.append(f"- `{files[-1].name}`: {name.replace('_', ' ')}, {column.label}"
                          + (f" ({column.note})" if column.note else ""))
-    for stem, fig in sensitivity(columns):
+    figures, not_drawn = sensitivity(columns)
+    skipped += not_drawn
+    for stem, fig in figures:
         files.append(_save(fig, out / f"{stem}.png"))
         index.append(f"- `{files[-1].name}`: sensitivity figure")
     text = ("# Figures\n\n" + "\n".join(index) + "\n\n## Runs left out\n\n"

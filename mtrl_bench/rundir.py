@@ -11,12 +11,16 @@ identities are the seeds of one cell; tables and figures group runs only this wa
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import re
+import socket
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mtrl_bench.errors import RunLocked, UserError
 from mtrl_bench.identity import cell_id, differences, format_value, protocol_id, variant_id
 from mtrl_bench.io import atomic_write_text, read_json
 
@@ -58,6 +62,94 @@ def is_finished(path: Path) -> bool:
         )
     except (OSError, ValueError, KeyError):
         return False
+
+
+# ------------------------------------------------------------------ the lock
+
+LOCK_FILE = ".lock"
+
+
+class RunLock:
+    """An exclusive lock on one run directory, held while a process works in it.
+
+    ``flock`` on ``<dir>/.lock``: the kernel releases it when the holder exits, however it
+    exits (SIGKILL included), and NFS emulates it with byte-range locks, so it holds across
+    processes on one machine and, as far as the filesystem allows, across machines. The
+    file names the holder (pid, host, since when) for the error a second process gets; a
+    holder that died leaves its name behind, which the next process reports as taken over.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.fd: int | None = None
+        self.took_over: str | None = None  # the dead holder this process replaced, if any
+
+    def acquire(self) -> RunLock:
+        import fcntl
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise RunLocked(f"{self.path} is in use by {holder}; wait for it to finish, or "
+                            "stop it first") from None
+        except OSError as err:  # a filesystem without locks: say so, do not pretend
+            os.close(fd)
+            raise UserError(f"cannot lock {self.path / LOCK_FILE}: {err.strerror}") from None
+        previous = _read_holder(fd, default="")
+        if previous:
+            self.took_over = previous
+        holder = {"pid": os.getpid(), "host": socket.gethostname(),
+                  "since": datetime.datetime.now().isoformat(timespec="seconds")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        """Unlock and clear the holder, so the next process does not report a takeover."""
+        if self.fd is None:
+            return
+        try:
+            os.ftruncate(self.fd, 0)
+        finally:
+            os.close(self.fd)  # closing the last descriptor releases the flock
+            self.fd = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _read_holder(fd: int, default: str = "another process") -> str:
+    try:
+        info = json.loads(os.pread(fd, 4096, 0) or b"null")
+        return f"pid {info['pid']} on {info['host']} (since {info['since']})"
+    except (OSError, ValueError, TypeError, KeyError):
+        return default
+
+
+def lock_holder(path: Path) -> str | None:
+    """Who holds the lock of run directory ``path``; None when nobody does (checked without
+    taking it)."""
+    import fcntl
+
+    try:
+        fd = os.open(Path(path) / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None
+    except BlockingIOError:
+        return _read_holder(fd)
+    finally:
+        os.close(fd)
 
 
 # ------------------------------------------------------------------ scanning run directories
@@ -179,12 +271,34 @@ def _majority(groups: dict[str, list], key) -> str:
     return min(groups, key=lambda g: (-len(groups[g]), key(g)))
 
 
-def _difference_label(base: dict, other: dict, prefix: str = "", limit: int = 2) -> str:
-    """'k=v, k2=v2' of the keys where ``other`` differs from ``base`` (first ``limit``)."""
+def _difference_label(base: dict, other: dict, limit: int = 2) -> tuple[str, bool]:
+    """('k=v, k2=v2', cut) of the keys where ``other`` differs from ``base`` (first
+    ``limit``; ``cut`` when there were more)."""
     keys = sorted(k for k in base.keys() | other.keys() if base.get(k) != other.get(k))
-    shown = [f"{k.removeprefix(prefix)}={format_value(other[k]) if k in other else 'unset'}"
-             for k in keys[:limit]]
-    return ", ".join(shown) + (", …" if len(keys) > limit else "")
+    shown = [f"{k}={format_value(other[k]) if k in other else 'unset'}" for k in keys[:limit]]
+    return ", ".join(shown), len(keys) > limit
+
+
+def _row_labels(method: str, groups: dict[str, list[RunRecord]]) -> dict[str, str]:
+    """Label per variant id. The variant a plain ``run --method M`` makes today (its gin
+    file and code defaults) is labelled ``M``; every other one ``M [what differs]``, with
+    its id where the difference is cut short. For a method not registered here, the
+    variant with the most runs stands in for the default."""
+    from mtrl_bench.runner import default_method_identity
+
+    identities = {g: members[0].identity["method"] for g, members in groups.items()}
+    default = default_method_identity(method)
+    if default is None:
+        default = identities[_majority(groups, key=lambda g: g)]
+    labels = {}
+    for group, ident in identities.items():
+        if ident == default:
+            labels[group] = method
+            continue
+        text, cut = _difference_label(default, ident)
+        labels[group] = f"{method} [{text}{', … #' + group[:6] if cut else ''}]"
+    counts = Counter(labels.values())
+    return {g: label if counts[label] == 1 else f"{label} #{g[:6]}" for g, label in labels.items()}
 
 
 def _role(run: RunRecord) -> dict:
@@ -201,8 +315,9 @@ def group_cells(runs: list[RunRecord]) -> tuple[list[Cell], list[tuple[RunRecord
 
     Every table and figure uses this grouping: a cell never averages runs that differ in any
     resolved setting. Columns (suite x quality x protocol) and rows (method x its own
-    parameters) get labels that name what sets them apart when a suite or a method has
-    several: the main protocol or variant (the one with the most runs) keeps the plain name.
+    parameters) get labels that name what sets them apart: of several protocols of one
+    suite, the one with the most runs is [1]; a row is the method's name only for the
+    variant its defaults make (see :func:`_row_labels`).
     """
     left_out = []
     usable: list[RunRecord] = []
@@ -241,13 +356,8 @@ def group_cells(runs: list[RunRecord]) -> tuple[list[Cell], list[tuple[RunRecord
             columns[group] = Column(suite, quality, group, label, note)
     rows: dict[tuple[str, str], Row] = {}
     for method, groups in variants.items():
-        main = _majority(groups, key=lambda g: g)
-        base = groups[main][0].identity["method"]
-        role = _role(groups[main][0])
-        for group, members in groups.items():
-            label = method
-            if group != main:
-                label += f" [{_difference_label(base, members[0].identity['method'])}]"
+        role = _role(next(iter(groups.values()))[0])
+        for group, label in _row_labels(method, groups).items():
             rows[(method, group)] = Row(method, group, label, role["role"],
                                         role.get("ablation_of"), role.get("components"))
 
@@ -325,9 +435,12 @@ class MetricsLog:
         atomic_write_text(self.path, "".join(f"{line}\n" for line in kept))
 
     def append(self, record: dict) -> None:
+        """One line, flushed to the disk before returning (a crash keeps whole records;
+        a torn last line is dropped on resume)."""
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
+            os.fsync(f.fileno())
 
     def records(self, kind: str | None = None) -> list[dict]:
         if not self.path.exists():

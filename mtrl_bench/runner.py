@@ -18,6 +18,7 @@ import logging
 import platform
 import re
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from importlib import metadata
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import gin
 
-from mtrl_bench.errors import UserError
+from mtrl_bench.errors import Diverged, UserError
 from mtrl_bench.identity import (
     binding_entries,
     build_identity,
@@ -35,8 +36,13 @@ from mtrl_bench.identity import (
     parameters,
     resolve_arguments,
 )
-from mtrl_bench.io import atomic_write_json, atomic_write_text, read_json
-from mtrl_bench.rundir import MetricsLog, is_finished, run_dir
+from mtrl_bench.io import (
+    atomic_write_json,
+    atomic_write_text,
+    read_json,
+    remove_temporary_files,
+)
+from mtrl_bench.rundir import MetricsLog, RunLock, is_finished, run_dir
 
 CONFIG_DIR = Path(importlib.import_module("mtrl_bench.configs").__file__).parent
 PRESETS = ("quick", "paper", "tiny")
@@ -67,31 +73,65 @@ class RunConfig:
         return max(1, round(sequences / (num_tasks * self.batch_size)))
 
 
-def parse_gin(method: str, preset: str, gin_files: list[str], bindings: list[str]) -> None:
-    """base.gin, then the preset, the method's file, the user's files and bindings.
+def parse_gin(method: str, preset: str, gin_files: list[str], bindings: list[str],
+              flags: dict | None = None) -> None:
+    """base.gin, then the preset, the method's file, the user's files and bindings, then
+    the ``Run`` fields given as command-line flags (``--suite`` etc.: {field: value}).
 
     Bindings the user adds or changes must take effect in this run (see
-    :func:`check_bindings_take_effect`); the package's own files may bind other methods'
-    parameters (an ablation's file includes its parent's)."""
+    :func:`check_bindings_take_effect`), and a flag may not silently override the user's own
+    binding of the same field; the package's own files may bind other methods' parameters
+    (an ablation's file includes its parent's)."""
+    files = _package_files(method, preset)
+    user_files = []
+    for name in gin_files:
+        if not Path(name).exists():
+            raise UserError(f"gin file {name!r} does not exist")
+        user_files.append(Path(name))
+    flag_bindings = [f"Run.{field} = {value!r}" for field, value in (flags or {}).items()]
+    try:
+        parse_gin_files(files)
+        package = binding_entries()
+        parse_gin_files(files + user_files, bindings)
+        user = binding_entries()
+        for field, value in (flags or {}).items():
+            key = f"Run.{field}"
+            if key in user and user[key] != package.get(key) and user[key] != repr(value):
+                raise UserError(f"--{field} {value} and the binding {key} = {user[key]} "
+                                "disagree; give one of them")
+        if flag_bindings:
+            parse_gin_files(files + user_files, list(bindings) + flag_bindings)
+    except (ValueError, SyntaxError, KeyError, TypeError, NameError) as err:
+        message = " ".join(str(err).split())
+        raise UserError(f"bad gin configuration: {message}") from err
+    check_bindings_take_effect(method, package, binding_entries())
+
+
+def _package_files(method: str, preset: str) -> list[Path]:
+    """The package's own gin files of a run: base.gin, the preset, the method's file."""
     if preset not in PRESETS:
         raise UserError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
     files = [CONFIG_DIR / "base.gin", CONFIG_DIR / "presets" / f"{preset}.gin"]
     method_file = CONFIG_DIR / "methods" / f"{method}.gin"
     if method_file.exists():
         files.append(method_file)
-    user_files = []
-    for name in gin_files:
-        if not Path(name).exists():
-            raise UserError(f"gin file {name!r} does not exist")
-        user_files.append(Path(name))
-    try:
-        parse_gin_files(files)
-        package = binding_entries()
-        parse_gin_files(files + user_files, bindings)
-    except (ValueError, SyntaxError, KeyError, TypeError, NameError) as err:
-        message = " ".join(str(err).split())
-        raise UserError(f"bad gin configuration: {message}") from err
-    check_bindings_take_effect(method, package, binding_entries())
+    return files
+
+
+def default_method_identity(method: str) -> dict | None:
+    """The "method" part of the identity a run of ``method`` has with no user bindings
+    (its gin file and code defaults); None for a method not registered here. Replaces the
+    global gin config."""
+    from mtrl_bench.strategy import gin_name, registered_strategies
+
+    method_class = registered_strategies().get(method)
+    if method_class is None:
+        return None
+    parse_gin_files(_package_files(method, "paper"))
+    arguments = resolve_arguments(method_class, gin_name(method), {"update_interval": 0})
+    own = {k: v for k, v in arguments.items()
+           if k not in RUNNER_SET["method"] and k not in method_class.unused_parameters}
+    return {"name": method, "conditioning": method_class.conditioning, **own}
 
 
 def parse_gin_files(files: list[Path], bindings=(), skip_unknown: bool = False) -> None:
@@ -161,12 +201,21 @@ def _runner_set(method: str) -> dict[str, dict[str, str]]:
             for owner, params in RUNNER_SET.items()}
 
 
+def _unused(method: str) -> dict[str, dict[str, str]]:
+    """{gin name: {parameter: why}} of the parameters the method accepts but ignores."""
+    from mtrl_bench.strategy import get_strategy_class, gin_name
+
+    unused = get_strategy_class(method).unused_parameters
+    return {gin_name(method): {p: f"{method} does not use it ({why})"
+                               for p, why in unused.items()}}
+
+
 def check_bindings_take_effect(method: str, before: dict[str, str],
                                after: dict[str, str]) -> None:
     """A binding the user added that this run would ignore is an error, not a no-op."""
     built = {name: {p.name for p in parameters(cls)}
              for name, cls in _built_objects(method).items()}
-    problems = ineffective_bindings(before, after, built, _runner_set(method))
+    problems = ineffective_bindings(before, after, built, _runner_set(method), _unused(method))
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise UserError(problems[0] + more)
@@ -217,19 +266,20 @@ def precision(bf16: bool, device) -> str:
 
 
 def plan_run(method: str, preset: str = "paper", gin_files=(), bindings=(),
-             results=None, device: str = "auto") -> RunPlan:
+             results=None, device: str = "auto", flags: dict | None = None) -> RunPlan:
     """Parse the configuration of one run and resolve every argument of every object it
     will build (gin is global: one run per process)."""
     from mtrl_bench.data import GENERATOR_VERSION, QUALITIES
     from mtrl_bench.strategy import get_strategy_class, gin_name
-    from mtrl_bench.suites import resolve_suite
+    from mtrl_bench.suites import canonical_suite_name, resolve_suite
     from mtrl_bench.trainer import resolve_device
 
     method_class = get_strategy_class(method)
-    parse_gin(method, preset, list(gin_files), list(bindings))
+    parse_gin(method, preset, list(gin_files), list(bindings), flags)
     cfg = RunConfig()
     _check_run_config(cfg)
     tasks = resolve_suite(cfg.suite)
+    cfg.suite = canonical_suite_name(cfg.suite)
     if cfg.quality not in QUALITIES:
         raise UserError(f"unknown quality {cfg.quality!r}; valid: {', '.join(QUALITIES)}")
     torch_device = resolve_device(device)
@@ -251,27 +301,52 @@ def plan_run(method: str, preset: str = "paper", gin_files=(), bindings=(),
     for name in ("PromptDTConfig", "Trainer", own, "Evaluator"):
         arguments[name] = resolve_arguments(objects[name], name, derived[name],
                                             skip.get(name, ()))
-    dataset = {"source": "generated", "generator_version": GENERATOR_VERSION}
+    dataset = {"source": "generated", "generator_version": GENERATOR_VERSION, "tasks": tasks}
     identity = build_identity(method, arguments, own,
                               precision(arguments["Trainer"]["bf16"], torch_device), dataset,
-                              derived[own])
+                              derived[own], set(method_class.unused_parameters))
+    _check_arguments(method, tasks, arguments)
     path = run_dir(results, cfg.suite, cfg.quality, method, cell_id(identity), cfg.seed)
     return RunPlan(cfg, tasks, method, arguments, identity, path)
+
+
+def _check_arguments(method: str, tasks: list[str], arguments: dict[str, dict]) -> None:
+    """Everything checkable about the objects a run will build, checked before any data is
+    generated or any step trained: the cheap ones are built and thrown away."""
+    from mtrl_bench.evaluation import Evaluator
+    from mtrl_bench.model import PromptDTConfig
+    from mtrl_bench.strategy import build_strategy, gin_name
+    from mtrl_bench.trainer import Trainer
+
+    Trainer.check_arguments(**arguments["Trainer"])
+    Evaluator.check_arguments(tasks, **arguments["Evaluator"])
+    for name, build in (("PromptDTConfig", lambda a: PromptDTConfig(**a)),
+                        (gin_name(method), lambda a: build_strategy(method, **a))):
+        try:
+            build(arguments[name])
+        except (ValueError, TypeError) as err:
+            message = str(err).split("In call to configurable")[0]
+            raise UserError(f"{name}: {' '.join(message.split())}") from None
 
 
 def operative_config(plan: RunPlan) -> str:
     """config.gin: every argument of every object the run built, as it ran (code defaults
     included). Values the runner sets are comments, so the file can be passed back with
     --gin_file to repeat the run."""
-    runner_set = _runner_set(plan.method)
+    runner_set, unused = _runner_set(plan.method), _unused(plan.method)
     lines = ["# mtrl-bench: the arguments of every object this run built, as they ran.",
-             "# Lines starting '# (runner)' are set by the runner, not by gin.", ""]
+             "# Lines starting '# (runner)' are set by the runner, not by gin; '# (unused)'",
+             "# are accepted by the method's class but not used by it.",
+             f"# Computed in {plan.identity['protocol']['trainer.precision']} "
+             "(Trainer.bf16 applies on CUDA only).", ""]
     for owner, args in plan.arguments.items():
         lines.append(f"# {owner}")
         for name, value in args.items():
             text = f"{owner}.{name} = {value!r}"
             if name in runner_set.get(owner, {}):
                 text = f"# (runner) {text}  # {runner_set[owner][name]}"
+            elif name in unused.get(owner, {}):
+                text = f"# (unused) {text}"
             lines.append(text)
         lines.append("")
     return "\n".join(lines)
@@ -364,9 +439,39 @@ def _summary(tasks: list[str], final: dict, best: dict, wall: float) -> str:
     return f"{table}\nwall time {wall / 60:.1f} min"
 
 
-def run(method: str, preset: str = "paper", *, gin_files=(), bindings=(), device="auto",
-        results=None, data_dir=None, force=False, wandb_mode=None, progress=True) -> Path:
-    """Train and evaluate one (suite, quality, method, seed); returns the run directory."""
+def run(method: str, preset: str = "paper", *, gin_files=(), bindings=(), flags=None,
+        device="auto", results=None, data_dir=None, force=False, wandb_mode=None,
+        progress=True, regenerate_data=False) -> Path:
+    """Train and evaluate one (suite, quality, method, seed); returns the run directory.
+
+    Everything checkable is checked first (:func:`plan_run`); then the run directory is
+    locked for the rest of the run, so no other process can write into it meanwhile, and
+    the reuse/resume checks happen under that lock. An I/O error (read-only folder, full
+    disk) becomes one line naming the path."""
+    plan = plan_run(method, preset, gin_files, bindings, results, device, flags)
+    path = plan.path
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(f"cannot write the run directory {path}: {err.strerror}") from None
+    try:
+        with RunLock(path) as lock:
+            if lock.took_over:
+                print(f"{path}: its last holder, {lock.took_over}, is gone without releasing "
+                      "it; taking over", file=sys.stderr)
+            remove_temporary_files(path)  # leftovers of a killed write: nobody else is here
+            return _run_locked(plan, preset, data_dir, force, wandb_mode, progress,
+                               regenerate_data)
+    except OSError as err:
+        where = err.filename or path
+        raise UserError(f"{err.strerror or err}: {where}") from None
+
+
+def _run_locked(plan: RunPlan, preset: str, data_dir, force: bool, wandb_mode,
+                progress: bool, regenerate_data: bool) -> Path:
     import torch
     from tqdm import tqdm
 
@@ -376,30 +481,29 @@ def run(method: str, preset: str = "paper", *, gin_files=(), bindings=(), device
     from mtrl_bench.strategy import build_strategy, gin_name, method_role
     from mtrl_bench.trainer import Trainer
 
-    plan = plan_run(method, preset, gin_files, bindings, results, device)
-    cfg, tasks, path, args = plan.cfg, plan.tasks, plan.path, plan.arguments
+    cfg, tasks, path, args, method = plan.cfg, plan.tasks, plan.path, plan.arguments, plan.method
+    meta_path = path / "meta.json"
     if is_finished(path) and not force:
         plan.check_reusable("a finished run")
         print(f"run {path} is already finished (use --force to redo it)")
         final = read_json(path / "final.json")
         print(_summary(final["tasks"], final["final"], final["best"],
-                       read_json(path / "meta.json").get("wall_time_s", 0.0)))
+                       read_json(meta_path).get("wall_time_s", 0.0)))
         return path
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        raise UserError(f"cannot write the run directory {path}: {err.strerror}") from err
     if force:
-        for name in ("final.json", "metrics.jsonl", "checkpoint.pt", "meta.json"):
+        for name in ("final.json", "episodes.json", "metrics.jsonl", "checkpoint.pt",
+                     "meta.json"):
             (path / name).unlink(missing_ok=True)
+    meta = _read_meta(meta_path)
+    if meta.get("status") == "diverged":
+        raise Diverged(f"{path} diverged before ({meta.get('diverged', 'non-finite numbers')})"
+                       " and would again from its last checkpoint: change a setting (that is "
+                       "a new run) or pass --force to start it over")
     started = time.perf_counter()
 
     datasets = ensure_suite_dataset(tasks, cfg.quality, data_dir=data_dir, episodes=cfg.episodes,
                                     seed=cfg.dataset_seed, episode_length=cfg.episode_length,
-                                    progress=progress)
+                                    progress=progress, force=regenerate_data)
     n = len(tasks)
     # every object gets all of its arguments explicitly: what ran is what plan.identity says
     strategy = build_strategy(method, **args[gin_name(method)])
@@ -408,8 +512,6 @@ def run(method: str, preset: str = "paper", *, gin_files=(), bindings=(), device
     total_steps = trainer.total_steps
     metrics = MetricsLog(path / "metrics.jsonl")
     checkpoint = path / "checkpoint.pt"
-    meta_path = path / "meta.json"
-    meta = read_json(meta_path) if meta_path.exists() else {}
     if checkpoint.exists():
         plan.check_reusable("the checkpoint of an unfinished run")
         trainer.load_checkpoint(checkpoint)
@@ -447,7 +549,7 @@ def run(method: str, preset: str = "paper", *, gin_files=(), bindings=(), device
             bar.update(entry["step"] - bar.n)
             bar.set_postfix(loss=f"{entry['loss']:.4f}", seq_s=f"{entry['sequences_per_s']:.0f}")
 
-    with Evaluator(tasks, **args["Evaluator"]) as evaluator:
+    with Evaluator(tasks, **args["Evaluator"]) as evaluator, _record_divergence(meta_path, meta):
         while trainer.step < total_steps:
             boundary = min(total_steps, (trainer.step // eval_every + 1) * eval_every,
                            (trainer.step // cfg.checkpoint_every_steps + 1)
@@ -460,6 +562,7 @@ def run(method: str, preset: str = "paper", *, gin_files=(), bindings=(), device
                 record(result.metrics_record(trainer.step))
                 bar.set_postfix(success=f"{100 * result.mean_success:.1f}%")
             trainer.save_checkpoint(checkpoint)
+            meta["checkpoint_step"] = trainer.step
             meta["wall_time_s"] = earlier_wall + time.perf_counter() - started
             atomic_write_json(meta_path, meta)
         bar.close()
@@ -487,6 +590,28 @@ def run(method: str, preset: str = "paper", *, gin_files=(), bindings=(), device
     return path
 
 
+def _read_meta(path: Path) -> dict:
+    """meta.json, or {} where there is none yet (or only an unreadable one, which this run
+    rewrites)."""
+    try:
+        return read_json(path)
+    except (OSError, ValueError):
+        return {}
+
+
+@contextlib.contextmanager
+def _record_divergence(meta_path: Path, meta: dict):
+    """Mark the run diverged in meta.json, so a rerun explains instead of crashing again."""
+    try:
+        yield
+    except Diverged as err:
+        meta.update(status="diverged", diverged=str(err))
+        atomic_write_json(meta_path, meta)
+        kept = (f"keeps its last good checkpoint (step {meta['checkpoint_step']})"
+                if meta.get("checkpoint_step") else "has no checkpoint (none was good)")
+        raise Diverged(f"{err}; {meta_path.parent} {kept}") from None
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", required=True, help="see `mtrl-bench methods`")
     parser.add_argument("--suite", help="mt5, mt10, mt30, mt50 or random-K:SEED "
@@ -504,18 +629,17 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default=None,
                         help="dataset root (default $MTRL_BENCH_DATA_DIR or ~/.cache/mtrl-bench)")
     parser.add_argument("--wandb", choices=["offline", "online"], default=None)
-    parser.add_argument("--force", action="store_true", help="redo a finished run")
+    parser.add_argument("--force", action="store_true",
+                        help="redo a finished (or diverged) run from the start")
+    parser.add_argument("--regenerate-data", action="store_true",
+                        help="regenerate the suite's dataset files even where they exist")
     parser.add_argument("--no-progress", action="store_true")
 
 
-def _bindings(args: argparse.Namespace) -> list[str]:
-    """--gin_binding values, then --suite/--quality/--seed as Run.* bindings (they win)."""
-    bindings = list(args.gin_binding)
-    for field in ("suite", "quality", "seed"):
-        value = getattr(args, field)
-        if value is not None:
-            bindings.append(f"Run.{field} = {value!r}")
-    return bindings
+def _flags(args: argparse.Namespace) -> dict:
+    """--suite/--quality/--seed as Run fields (they override the preset's values)."""
+    return {field: getattr(args, field) for field in ("suite", "quality", "seed")
+            if getattr(args, field) is not None}
 
 
 def plan_from_argv(argv: list[str]) -> tuple[RunPlan, argparse.Namespace]:
@@ -523,13 +647,15 @@ def plan_from_argv(argv: list[str]) -> tuple[RunPlan, argparse.Namespace]:
     parser = argparse.ArgumentParser(prog="mtrl-bench run")
     configure_parser(parser)
     args = parser.parse_args(argv)
-    plan = plan_run(args.method, args.preset, args.gin_file, _bindings(args), args.results_dir,
-                    args.device)
+    plan = plan_run(args.method, args.preset, args.gin_file, args.gin_binding, args.results_dir,
+                    args.device, _flags(args))
     return plan, args
 
 
 def run_command(args: argparse.Namespace) -> int:
-    run(args.method, args.preset, gin_files=args.gin_file, bindings=_bindings(args),
+    run(args.method, args.preset, gin_files=args.gin_file, bindings=args.gin_binding,
+        flags=_flags(args),
         device=args.device, results=args.results_dir, data_dir=args.data_dir, force=args.force,
-        wandb_mode=args.wandb, progress=not args.no_progress)
+        wandb_mode=args.wandb, progress=not args.no_progress,
+        regenerate_data=args.regenerate_data)
     return 0

@@ -142,6 +142,10 @@ class MaskStrategy:
     name: str = "base"
     #: model conditioning this method needs: "prompt" (Prompt-DT) or "task_id" (MTDT)
     conditioning: str = "prompt"
+    #: constructor parameters this class accepts but ignores, with why: binding one is an
+    #: error and they are not part of a run's identity (an ablation that switches a
+    #: component off ignores that component's parameters)
+    unused_parameters: dict[str, str] = {}
 
     def __init__(self, update_interval: int = 0):
         self.update_interval = update_interval
@@ -175,14 +179,18 @@ class MaskStrategy:
         pass
 
     @staticmethod
-    def mask_metrics(masks: torch.Tensor) -> dict[str, list[float]]:
-        """Per-task sparsity (entries with M < 1) and mean soft value of those entries."""
-        suppressed = masks < 1
-        count = suppressed.sum(dim=1)
-        soft_sum = torch.where(suppressed, masks, torch.zeros_like(masks)).sum(dim=1)
+    def mask_metrics(masks: torch.Tensor) -> dict[str, list]:
+        """Per task: sparsity (share of entries with M < 1), soft share (0 < M < 1: absent
+        from the forward pass but still updated) and the mean M of the soft entries (None
+        where a task has none)."""
+        soft = (masks > 0) & (masks < 1)
+        soft_count = soft.sum(dim=1)
+        soft_sum = torch.where(soft, masks, torch.zeros_like(masks)).sum(dim=1)
+        means = (soft_sum / soft_count.clamp(min=1)).tolist()
         return {
-            "sparsity": (count.float() / masks.shape[1]).tolist(),
-            "mean_soft_value": (soft_sum / count.clamp(min=1)).tolist(),
+            "sparsity": ((masks < 1).sum(dim=1).float() / masks.shape[1]).tolist(),
+            "soft_share": (soft_count.float() / masks.shape[1]).tolist(),
+            "mean_soft_value": [m if c else None for m, c in zip(means, soft_count.tolist())],
         }
 
 

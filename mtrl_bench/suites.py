@@ -63,6 +63,13 @@ def resolve_suite(name: str) -> list[str]:
     raise UserError(f"unknown suite {name!r}; valid: {suite_names_help()}")
 
 
+def canonical_suite_name(name: str) -> str:
+    """One spelling per suite (``random-02:00`` -> ``random-2:0``), so that one suite is
+    one setting of a run."""
+    match = _RANDOM_SUITE.match(name)
+    return f"random-{int(match.group(1))}:{int(match.group(2))}" if match else name
+
+
 def normalize_task_name(name: str) -> str:
     """Accept 'reach', 'reach-v2' or 'reach-v3'; return the Meta-World 3.x name."""
     base = re.sub(r"-v[0-9]+$", "", name)

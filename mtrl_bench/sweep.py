@@ -16,8 +16,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
-from mtrl_bench.errors import UserError
-from mtrl_bench.rundir import is_finished
+from mtrl_bench.errors import RunLocked, UserError
+from mtrl_bench.rundir import is_finished, lock_holder
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,9 @@ def parse_grid(grids: list[str]) -> list[tuple[str, ...]]:
         if not sep or not key or not all(items):
             raise UserError(f"bad --grid {grid!r}: expected NAME=V1,V2,... (e.g. "
                             "'SOCODT_BETA_MIN=1,5,10' or 'Trainer.learning_rate=1e-4,3e-4')")
+        flag = {"Run.suite": "--suites", "Run.quality": "--qualities", "Run.seed": "--seeds"}
+        if key in flag:
+            raise UserError(f"--grid {key}: the sweep sets it; use {flag[key]}")
         if len(set(items)) != len(items):
             raise UserError(f"--grid {grid!r} repeats a value")
         axes.append([f"{key} = {item}" for item in items])
@@ -136,6 +139,16 @@ def run_ray(specs: list[RunSpec], address: str | None, gpus_per_run: float) -> d
         ray.shutdown()
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--methods", nargs="+", required=True)
     parser.add_argument("--suites", nargs="+", required=True)
@@ -146,7 +159,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                              "(repeatable: the product); applied to the methods it affects, "
                              "e.g. 'SOCODT_BETA_MIN=1,5,10'")
     parser.add_argument("--executor", choices=["local", "ray"], default="local")
-    parser.add_argument("--parallel", type=int, default=None,
+    parser.add_argument("--parallel", type=_positive, default=None,
                         help="local executor: runs at a time (default: one per GPU, else 1)")
     parser.add_argument("--address", default=None,
                         help="ray executor: cluster address (default: start a local instance)")
@@ -177,14 +190,18 @@ def _prepare_datasets(plans: list[tuple]) -> None:
 
 
 def plan_sweep(specs: list[RunSpec]):
-    """Plan every spec; returns (runs to do with their plans, finished count, skipped lines).
+    """Plan every spec; returns (runs to do with their plans, finished count, notes, runs
+    locked by another process).
 
     A grid binding that has no effect for a method (say SOCODT_BETA_MIN for promptdt) is
-    dropped for that method, and specs that then plan the same run directory run once.
+    dropped for that method, and specs that then plan the same run directory run once; a
+    grid binding that no method of the sweep uses, or that the runner sets itself, is an
+    error.
     """
     from mtrl_bench.runner import plan_from_argv
 
-    todo, seen, finished, notes = [], set(), 0, []
+    todo, seen, finished, notes, locked = [], set(), 0, [], []
+    applied: dict[str, str | None] = {}  # grid binding -> None once used, else why not
     for spec in specs:
         point = list(spec.grid)
         while True:
@@ -192,22 +209,32 @@ def plan_sweep(specs: list[RunSpec]):
                 plan, run_args = plan_from_argv(replace(spec, grid=tuple(point)).run_args())
                 break
             except UserError as err:
-                dropped = next((b for b in point if str(err).startswith(b.split(" = ")[0]
-                                                                        + " has no effect")),
-                               None)
-                if dropped is None:
+                message = str(err)
+                dropped = next((b for b in point if message.startswith(
+                    b.split(" = ")[0] + " has no effect")), None)
+                if dropped is None or "the runner sets it" in message:
                     raise
                 point.remove(dropped)
+                applied.setdefault(dropped, message.split(" (and ")[0])
                 notes.append(f"{spec.method}: --grid {dropped} has no effect, not applied")
+        applied.update({binding: None for binding in point})
         if plan.path in seen:
             continue
         seen.add(plan.path)
+        holder = lock_holder(plan.path)
+        if holder is not None:
+            locked.append(f"{spec.label}: in use by {holder}")
+            continue
         if is_finished(plan.path) and not run_args.force:
             plan.check_reusable("a finished run")
             finished += 1
             continue
         todo.append((replace(spec, grid=tuple(point)), plan, run_args.data_dir))
-    return todo, finished, sorted(set(notes))
+    unused = [(binding, why) for binding, why in applied.items() if why is not None]
+    if unused:
+        binding, why = unused[0]
+        raise UserError(f"--grid {binding!r} has no effect on any method of this sweep: {why}")
+    return todo, finished, sorted(set(notes)), locked
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -216,13 +243,13 @@ def run_command(args: argparse.Namespace) -> int:
         extra += ["--results-dir", args.results_dir]
     specs = build_grid(args.methods, args.suites, args.qualities, args.seeds, extra,
                        parse_grid(args.grid))
-    planned, finished, notes = plan_sweep(specs)
+    planned, finished, notes, locked = plan_sweep(specs)
     for note in notes:
         print(f"sweep: {note}")
     todo = [spec for spec, _, _ in planned]
-    total = len(todo) + finished
-    print(f"sweep: {total} runs, {finished} already finished, {len(todo)} to run "
-          f"({args.executor})")
+    total = len(todo) + finished + len(locked)
+    print(f"sweep: {total} runs, {finished} already finished, {len(locked)} locked by another "
+          f"process, {len(todo)} to run ({args.executor})")
     if args.dry_run:
         for spec in todo:
             print("  mtrl-bench " + " ".join(spec.command()[3:]))
@@ -233,8 +260,14 @@ def run_command(args: argparse.Namespace) -> int:
     else:
         _prepare_datasets([(plan, data_dir) for _, plan, data_dir in planned])
         codes = run_local(todo, args.parallel)
-    failed = {label: code for label, code in codes.items() if code != 0}
+    locked += [f"{label}: locked when it was to start" for label, code in codes.items()
+               if code == RunLocked.exit_code]
+    failed = {label: code for label, code in codes.items()
+              if code not in (0, RunLocked.exit_code)}
     for label, code in failed.items():
         print(f"sweep: {label} failed with exit code {code}", file=sys.stderr)
-    print(f"sweep: {len(codes) - len(failed)} succeeded, {len(failed)} failed")
+    for line in locked:
+        print(f"sweep: skipped {line} (run the sweep again once it is free)")
+    succeeded = sum(code == 0 for code in codes.values())
+    print(f"sweep: {succeeded} succeeded, {len(failed)} failed, {len(locked)} skipped as locked")
     return 1 if failed else 0

@@ -221,9 +221,10 @@ def reference_rows(grid: Grid, rows: list[Row], options: TableOptions) -> dict[C
         present = {r.label: grid.get(r, column).success for r in rows if grid.get(r, column)}
         if options.reference is not None:
             label = options.reference if options.reference in present else None
-        else:
-            label = stats.best_method(
-                present, [r.label for r in rows if options.is_baseline(r) and r.label in present])
+        else:  # main variants only: picking among a baseline's sweep variants is cherry-picking
+            label = stats.best_method(present, [
+                r.label for r in rows if options.is_baseline(r) and r.label in present
+                and (r.label == r.method or r.label in (options.baselines or ()))])
         if label is not None:
             references[column] = next(r for r in rows if r.label == label)
     return references
@@ -312,7 +313,7 @@ def table1(grid: Grid, options: TableOptions):
 
     how = ("the row given with --reference" if options.reference else
            "the baseline with the highest mean among those with at least 2 seeds (with none, "
-           "the highest)")
+           "the highest); only baselines at their default parameters compete")
     baselines = (", ".join(options.baselines) if options.baselines is not None
                  else "methods registered as baselines")
     notes = [
@@ -518,7 +519,8 @@ def run_mask_dynamics(run: RunRecord) -> dict | None:
     return {
         "updates": len(records),
         "final_sparsity": float(np.mean(last["sparsity"])),
-        "final_mean_soft_value": float(np.mean(last.get("mean_soft_value", [math.nan]))),
+        "final_soft_share": float(np.mean(last.get("soft_share", [math.nan]))),
+        "final_mean_soft_value": _nanmean(last.get("mean_soft_value")),
         "conflicted_per_update": conflicted,
         "recovered_per_update": recovered,
         "conflicted_share": conflicted / entries if entries else math.nan,
@@ -526,9 +528,16 @@ def run_mask_dynamics(run: RunRecord) -> dict | None:
     }
 
 
+def _nanmean(values) -> float:
+    """Mean of the defined (not None, not NaN) values; NaN when there are none."""
+    defined = [float(v) for v in values or () if v is not None and not math.isnan(v)]
+    return float(np.mean(defined)) if defined else math.nan
+
+
 MASK_COLUMNS = (
     ("updates", "updates", 1.0, 0),
     ("final_sparsity", "final sparsity (%)", 100.0, 2),
+    ("final_soft_share", "soft entries (%)", 100.0, 4),
     ("final_mean_soft_value", "mean soft value", 1.0, 3),
     ("conflicted_per_update", "conflicted / update", 1.0, 1),
     ("recovered_per_update", "recovered / update", 1.0, 1),
@@ -570,11 +579,12 @@ def mask_dynamics_table(cells: list[Cell], options: TableOptions):
             "mask_dynamics", f"Mask dynamics, {column.label}",
             [("", "Method"), ("", "seeds")] + [("", title) for _, title, _, _ in MASK_COLUMNS],
             body,
-            ["Per run: sparsity = share of maskable entries with M < 1 (mean over tasks) at the "
-             "last mask update; mean soft value = mean of M over those entries (0 for hard "
-             "masks); conflicted / recovered = entries per task per update (mean over updates "
-             "and tasks; HarmoDT: its k pruned / regrown). Mean ± sample std over seeds. "
-             "Methods without masks have no rows."]))
+            ["Per run, at the last mask update, mean over tasks: sparsity = share of maskable "
+             "entries with M < 1 (absent from the task's forward pass); soft entries = share "
+             "with 0 < M < 1 (absent but still updated) and mean soft value = their mean M "
+             "(— for hard masks). Conflicted / recovered = entries per task per update (mean "
+             "over updates and tasks; HarmoDT: its k pruned / regrown). Mean ± sample std over "
+             "seeds. Methods without masks have no rows."]))
     if not tables:
         tables.append(Table("mask_dynamics", "Mask dynamics", [("", "Method")], [],
                             ["No run here has mask records."]))

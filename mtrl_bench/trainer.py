@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
+import shutil
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -29,7 +31,8 @@ from pathlib import Path
 import gin
 import torch
 
-from mtrl_bench.errors import UserError
+from mtrl_bench.errors import Diverged, UserError
+from mtrl_bench.io import atomic_write
 from mtrl_bench.masking import TaskMasks
 from mtrl_bench.model import PromptDT, PromptDTConfig
 from mtrl_bench.sampling import TaskBatchSampler
@@ -97,8 +100,10 @@ class Trainer:
     ):
         if not datasets:
             raise UserError("no tasks to train on")
-        if total_steps < 1 or batch_size < 1 or warmup_steps < 1 or log_every < 1:
-            raise UserError("total_steps, batch_size, warmup_steps and log_every must be >= 1")
+        self.check_arguments(total_steps=total_steps, batch_size=batch_size,
+                             learning_rate=learning_rate, weight_decay=weight_decay,
+                             warmup_steps=warmup_steps, grad_clip=grad_clip,
+                             log_every=log_every)
         self.device = resolve_device(device)
         self.tasks = list(datasets)
         self.num_tasks = len(self.tasks)
@@ -142,8 +147,26 @@ class Trainer:
         self.step = 0
         self.last_task_losses: torch.Tensor | None = None
         self._loss_sum = torch.zeros((), device=self.device)
+        self._first_nonfinite_step = torch.full((), -1, dtype=torch.long, device=self.device)
+        self._first_nonfinite_tasks = torch.zeros(self.num_tasks, dtype=torch.bool,
+                                                  device=self.device)
         self._interval = (0, time.perf_counter())  # (steps, start time) since the last log
         self._reference_task = 0
+
+    @staticmethod
+    def check_arguments(*, total_steps: int, batch_size: int, learning_rate: float,
+                        weight_decay: float, warmup_steps: int, grad_clip: float,
+                        log_every: int, **_) -> None:
+        """Refuse values no run can use (also called by the runner before any work)."""
+        for name, value in (("total_steps", total_steps), ("batch_size", batch_size),
+                            ("warmup_steps", warmup_steps), ("log_every", log_every)):
+            if value < 1:
+                raise UserError(f"Trainer.{name} must be >= 1, got {value}")
+        for name, value in (("learning_rate", learning_rate), ("grad_clip", grad_clip)):
+            if not value > 0 or not math.isfinite(value):
+                raise UserError(f"Trainer.{name} must be a positive number, got {value}")
+        if not weight_decay >= 0 or not math.isfinite(weight_decay):
+            raise UserError(f"Trainer.weight_decay must be >= 0, got {weight_decay}")
 
     # ----------------------------------------------------------------- one step
     @property
@@ -178,7 +201,9 @@ class Trainer:
         update = self.masks is not None and self.strategy.wants_update(self.step)
         batch = self.sampler.sample(with_prompt=self.config.conditioning == "prompt")
         task_losses = self.loss_and_backward(batch, capture=update)
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip, foreach=True)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip,
+                                                   foreach=True)
+        self._watch_finite(task_losses, grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.last_task_losses = task_losses
@@ -189,7 +214,32 @@ class Trainer:
             self.masks.stop_capture()
             metrics = self.update_masks(grads, task_losses)
         self.step += 1
+        if metrics is not None:
+            metrics["step"] = self.step  # records carry the steps completed when written
         return metrics
+
+    def _watch_finite(self, task_losses: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        """Remember, on the device and without a sync, the first step whose loss or gradient
+        was not finite and which tasks' losses were not; :meth:`check_finite` reads it."""
+        bad_tasks = ~torch.isfinite(task_losses.float())
+        bad = bad_tasks.any() | ~torch.isfinite(grad_norm)
+        first = bad & (self._first_nonfinite_step < 0)
+        self._first_nonfinite_step.copy_(torch.where(first, self.step + 1,
+                                                     self._first_nonfinite_step))
+        self._first_nonfinite_tasks.copy_(torch.where(first, bad_tasks,
+                                                      self._first_nonfinite_tasks))
+
+    def check_finite(self) -> None:
+        """Raise :class:`Diverged` if any step so far had a non-finite loss or gradient
+        (one host-device sync; the runner calls it before every checkpoint)."""
+        step = int(self._first_nonfinite_step)
+        if step < 0:
+            return
+        tasks = [t for t, bad in zip(self.tasks, self._first_nonfinite_tasks.tolist()) if bad]
+        what = (f"non-finite loss for {', '.join(tasks[:3])}"
+                + (f" and {len(tasks) - 3} more task(s)" if len(tasks) > 3 else "")
+                if tasks else "non-finite gradient norm (all task losses finite)")
+        raise Diverged(f"training diverged at step {step}: {what}")
 
     def update_masks(self, task_grads: torch.Tensor, task_losses: torch.Tensor) -> dict:
         """Hand the captured per-task gradients to the strategy; refresh the cached masks."""
@@ -221,9 +271,11 @@ class Trainer:
             if callback is not None and mask_metrics is not None:
                 callback(mask_metrics)
             if self.step % self.log_every == 0:
+                self.check_finite()  # rides on the sync the loss read-back makes anyway
                 metrics = self._interval_metrics()
                 if callback is not None:
                     callback(metrics)
+        self.check_finite()
 
     def _interval_metrics(self) -> dict:
         steps = self.step - self._interval[0]
@@ -251,11 +303,21 @@ class Trainer:
         }
 
     def save_checkpoint(self, path: str | os.PathLike) -> None:
-        """Write atomically: a reader sees the old checkpoint or the new one, never half."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)
+        """Write atomically and durably (a reader sees the old checkpoint or the new one,
+        never half), and never with non-finite numbers: the last good one is kept."""
+        self.check_finite()
+        state = self.state_dict()
+        if not _all_finite(state):
+            raise Diverged(f"non-finite weights or optimiser state at step {self.step}: "
+                           f"checkpoint not written, {path} keeps the last good one")
+        try:
+            atomic_write(path, lambda tmp: torch.save(state, tmp))
+        except (OSError, RuntimeError) as err:  # torch reports a short write as RuntimeError
+            free = shutil.disk_usage(Path(path).parent).free / 1e6
+            reason = err.strerror if isinstance(err, OSError) and err.strerror else (
+                f"the write stopped short (disk full or a file size limit?); "
+                f"{free:.1f} MB free there")
+            raise UserError(f"cannot write checkpoint {path}: {reason}") from None
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
         """Restore everything, so training continues exactly where the checkpoint was made."""
@@ -335,6 +397,17 @@ class Trainer:
                 for (name, param), keep in zip(named, row):
                     param.copy_(torch.where(keep, param, saved[name]))
         return loss.item()
+
+
+def _all_finite(state) -> bool:
+    """Every floating-point tensor in a (nested) state dict is finite."""
+    if isinstance(state, torch.Tensor):
+        return not state.is_floating_point() or bool(torch.isfinite(state).all())
+    if isinstance(state, dict):
+        return all(_all_finite(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return all(_all_finite(v) for v in state)
+    return not isinstance(state, float) or math.isfinite(state)
 
 
 class _LinearWarmup:

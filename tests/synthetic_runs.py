@@ -16,6 +16,7 @@ import numpy as np
 
 from mtrl_bench.identity import cell_id
 from mtrl_bench.rundir import run_dir
+from mtrl_bench.runner import default_method_identity
 from mtrl_bench.strategy import method_role
 from mtrl_bench.suites import FIXED_SUITES
 
@@ -25,7 +26,6 @@ BUDGET = 16000
 TOTAL_STEPS = 400
 EVAL_GOALS, FINAL_GOALS = 5, 50
 ENTRIES = 1000  # maskable entries in the fabricated mask records
-SOCODT_DEFAULTS = {"alpha": 20.0, "beta_min": 5.0}
 
 
 def identity(method: str, quality: str, budget: int = BUDGET, **params) -> dict:
@@ -33,10 +33,10 @@ def identity(method: str, quality: str, budget: int = BUDGET, **params) -> dict:
                 "run.eval_goals": EVAL_GOALS, "run.final_eval_goals": FINAL_GOALS,
                 "trainer.total_steps": TOTAL_STEPS * budget // BUDGET,
                 "trainer.precision": "float32"}
-    own = dict(SOCODT_DEFAULTS) if method.startswith("socodt") else {}
-    own.update(params)
-    return {"protocol": protocol,
-            "method": {"name": method, "conditioning": "prompt", **own}}
+    own = default_method_identity(method)  # what `run --method M` records today
+    unknown = set(params) - set(own)
+    assert not unknown, f"{method} has no parameter(s) {unknown}"
+    return {"protocol": protocol, "method": {**own, **params}}
 
 
 @dataclass
@@ -68,7 +68,8 @@ def mask_records(rng: np.random.Generator, masked: bool, total_steps: int) -> li
         counts = rng.integers(0, 30, 40).tolist()
         records.append({
             "kind": "mask", "step": step, "entries": ENTRIES, "sparsity": sparsity,
-            "mean_soft_value": rng.uniform(0, 0.5, len(TASKS)).tolist(),
+            "soft_share": rng.uniform(0, 0.001, len(TASKS)).tolist(),
+            "mean_soft_value": [None] + rng.uniform(0, 0.5, len(TASKS) - 1).tolist(),
             "conflicted": rng.integers(0, 20, len(TASKS)).tolist(),
             "recovered": rng.integers(0, 20, len(TASKS)).tolist(),
             "beta": 5 + 7.5 * (1 + np.cos(2 * np.pi * step / total_steps)),

@@ -128,8 +128,11 @@ def test_resume_skips_finished_tasks_and_cleans_stale_tmp(copy_dir, capsys):
     live = kept.with_name(f".push-v3__ep8_seed0_len100.npz.{os.getpid()}.tmp")
     stale.write_bytes(b"half a file")
     live.write_bytes(b"being written by a running generator")
-    after = ensure_suite_dataset(TASKS, "near-optimal", data_dir=copy_dir, workers=1, **SETTINGS)
-    assert "1 of 2 near-optimal tasks already generated" in capsys.readouterr().err
+    after = ensure_suite_dataset(TASKS, "near-optimal", data_dir=copy_dir, workers=1,
+                                 progress=False, **SETTINGS)
+    # said even without a progress bar
+    assert ("generating 1 near-optimal task dataset(s) (8 episodes of 100 steps) in "
+            f"{copy_dir / 'near-optimal'}; 1 already there") in capsys.readouterr().err
     assert kept.stat().st_mtime_ns == kept_mtime
     assert not stale.exists() and live.exists()
     for task in TASKS:
@@ -154,7 +157,7 @@ def test_interrupted_run_resumes(tmp_path):
     mtime = first.stat().st_mtime_ns
     rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 0, rerun.stderr
-    assert "1 of 2 near-optimal tasks already generated" in rerun.stderr
+    assert "1 already there" in rerun.stderr
     assert first.stat().st_mtime_ns == mtime and second.exists()
 
 
@@ -323,14 +326,67 @@ def test_harmodt_root_must_exist(tmp_path):
         load_harmodt_dataset(tmp_path / "nowhere", ["reach"])
 
 
-def test_files_made_with_other_settings_are_regenerated(copy_dir, capsys):
+@pytest.mark.parametrize("damage", ["settings", "truncated", "empty"])
+def test_a_file_that_does_not_match_is_an_error_not_replaced(copy_dir, capsys, damage):
+    """Datasets are never replaced silently: the file is named, with how to regenerate."""
     path = _path(copy_dir)
     before = load_suite_dataset(["reach"], "near-optimal", data_dir=copy_dir, **SETTINGS)
-    with np.load(path) as npz:
-        meta = str(npz["meta"])
-    _rewrite(path, meta=np.array(meta.replace('"generator_version": 1', '"generator_version": 0')))
+    if damage == "settings":
+        with np.load(path) as npz:
+            meta = str(npz["meta"])
+        _rewrite(path, meta=np.array(meta.replace('"generator_version": 1',
+                                                  '"generator_version": 0')))
+        message = "made with other settings: generator_version=0 in the file but 1 asked"
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        message = "truncated or corrupt"
+    else:
+        path.write_bytes(b"")
+        message = str(path)
+    content = path.read_bytes()
+    with pytest.raises(DatasetError, match="--force") as info:
+        ensure_suite_dataset(["reach"], "near-optimal", data_dir=copy_dir, workers=1,
+                             progress=False, **SETTINGS)
+    assert message in str(info.value) and str(path) in str(info.value)
+    assert "mtrl-bench data --tasks reach-v3 --quality near-optimal --episodes 8" in str(
+        info.value)
+    assert path.read_bytes() == content  # untouched
+    # regenerating is an explicit request, and said
     after = ensure_suite_dataset(["reach"], "near-optimal", data_dir=copy_dir, workers=1,
-                                 **SETTINGS)
-    assert ("regenerating reach-v3: " f"{path}: made with other settings: generator_version=0 "
-            "in the file but 1 asked") in capsys.readouterr().err
+                                 progress=False, force=True, **SETTINGS)
+    if damage == "settings":
+        assert "regenerating reach-v3 (asked for)" in capsys.readouterr().err
     _assert_same(after["reach-v3"], before["reach-v3"])
+
+
+def test_data_force_regenerates_from_the_command_line(copy_dir, capsys):
+    path = _path(copy_dir)
+    path.write_bytes(b"garbage")
+    argv = ["data", "--tasks", "reach", "--quality", "near-optimal", "--episodes", "8",
+            "--episode-length", "100", "--workers", "1", "--data-dir", str(copy_dir),
+            "--no-progress"]
+    assert cli.main(argv) == 2
+    assert "--force" in capsys.readouterr().err
+    assert cli.main([*argv, "--force"]) == 0
+    load_suite_dataset(["reach"], "near-optimal", data_dir=copy_dir, **SETTINGS)
+
+
+def test_check_flags_files_of_no_task_of_the_suite(copy_dir, capsys):
+    stray = _path(copy_dir, "reach-the-moon-v3")
+    shutil.copy(_path(copy_dir), stray)
+    assert cli.main(["data", "--check", "--data-dir", str(copy_dir)]) == 0
+    out = capsys.readouterr().out
+    assert f"not checked: {stray}: unknown task 'reach-the-moon-v3'" in out
+    assert "reach-the-moon-v3 " not in out.split("not checked:")[0]  # not a normal row
+    assert cli.main(["data", "--check", "--tasks", "reach", "--data-dir", str(copy_dir)]) == 0
+    assert (f"{_path(copy_dir, 'button-press-topdown-v3')}: button-press-topdown-v3 is not a "
+            "task of this suite") in capsys.readouterr().out
+
+
+def test_a_dataset_that_cannot_fit_is_refused_before_any_work(tmp_path, capsys):
+    start = time.perf_counter()
+    err = _cli_error(capsys, "--tasks", "reach", "--quality", "near-optimal", "--episodes",
+                     "1000000000", "--data-dir", str(tmp_path))
+    assert time.perf_counter() - start < 5
+    assert "1000000000 episodes of 500 steps need about" in err and "GB of memory" in err
+    assert not (tmp_path / "near-optimal").exists()

@@ -109,7 +109,9 @@ def test_sensitivity_figure_for_a_one_setting_difference(tmp_path):
     runs_dir = tmp_path / "runs"
     truth = add_sensitivity_runs(runs_dir)  # {beta_min: (seeds, tasks) success}
     columns, _ = plots.load_columns(runs_dir)
-    (stem, fig), = plots.sensitivity(columns)
+    figures, skipped = plots.sensitivity(columns)
+    (stem, fig), = figures
+    assert skipped == []
     assert stem == "sensitivity_mt5_near-optimal_socodt_socodt.beta_min"
     container = fig.axes[0].containers[0]
     xs, ys = container.lines[0].get_xdata(), container.lines[0].get_ydata()

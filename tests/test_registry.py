@@ -75,7 +75,7 @@ def test_a_strategy_defined_outside_the_package_trains(tmp_path):
     logged = []
     trainer.train(callback=logged.append)
     masks = [m for m in logged if m["kind"] == "mask"]
-    assert [m["step"] for m in masks] == [3, 6] and trainer.strategy.updates == 2
+    assert [m["step"] for m in masks] == [4, 7] and trainer.strategy.updates == 2
     assert all(0 < d < trainer.model.num_maskable for m in masks for d in m["disagreeing"])
     soft = trainer.masks.soft
     assert set(soft.unique().tolist()) == {0.5, 1.0}

@@ -61,7 +61,7 @@ def test_end_to_end_run_writes_a_complete_run_directory(dirs, capsys):
     log = MetricsLog(path / "metrics.jsonl")
     assert [r["step"] for r in log.records("eval")] == [10, 20]
     masks = log.records("mask")
-    assert [r["step"] for r in masks] == [5, 10, 15]
+    assert [r["step"] for r in masks] == [6, 11, 16]  # steps completed when written
     assert all(len(r["sparsity"]) == 2 and r["beta"] is not None for r in masks)
     operative = (path / "config.gin").read_text()
     assert "socodt.alpha = 20.0" in operative and "Run.budget_sequences = 160" in operative
@@ -94,11 +94,25 @@ def test_end_to_end_run_writes_a_complete_run_directory(dirs, capsys):
     ("SOCODT_ALHPA = 3.0", "SOCODT_ALHPA has no effect: no parameter of this run reads it"),
     ("train/Trainer.learning_rate = 1.0", "runs enter no gin scope"),
     ("socodt_fixed.swap_count = 3", "socodt_fixed.swap_count has no effect"),
+    ("socodt.log_fisher = 1", "socodt.log_fisher must be bool, got 1"),
+    ("Run.seed = 3", None),  # with --seed 1 below: the two disagree
 ])
 def test_bindings_that_would_not_take_effect_are_errors(dirs, capsys, binding, message):
-    assert _cli(dirs, "--method", "socodt", "--gin_binding", binding) == 2
+    extra = ["--seed", "1"] if message is None else []
+    message = message or "--seed 1 and the binding Run.seed = 3 disagree; give one of them"
+    assert _cli(dirs, "--method", "socodt", "--gin_binding", binding, *extra) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_parameters_a_method_ignores_are_refused_and_not_part_of_its_identity(dirs, capsys):
+    assert _cli(dirs, "--method", "socodt-fixed", "--gin_binding",
+                "socodt_fixed.beta_min = 1.0") == 2
+    assert ("socodt_fixed.beta_min has no effect: socodt-fixed does not use it"
+            in capsys.readouterr().err)
+    identity = plan_run("socodt-fixed", "tiny").identity["method"]
+    assert "beta_min" not in identity and "q1" not in identity and identity["alpha"] == 20.0
+    assert "alpha" not in plan_run("socodt-nomag", "tiny").identity["method"]
 
 
 def test_identity_is_by_value():
@@ -112,6 +126,10 @@ def test_identity_is_by_value():
     assert changed.identity["method"]["beta_min"] == 6.0 and changed.cell != base.cell
     # the seed makes a replicate of the same cell
     assert plan_run("socodt", "tiny", bindings=["Run.seed = 3"]).cell == base.cell
+    # one suite, one spelling; its task list is part of the identity
+    assert plan_run("socodt", "tiny", flags={"suite": "random-02:00"}).cell == base.cell
+    assert base.identity["protocol"]["dataset.tasks"] == ["peg-insert-side-v3",
+                                                          "stick-pull-v3"]
     # what the trainer computes in is part of it (bf16 on CUDA only): same here on a CPU
     assert plan_run("socodt", "tiny", bindings=["Trainer.bf16 = False"]).cell == base.cell
 

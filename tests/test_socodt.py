@@ -231,7 +231,9 @@ def test_update_masks_planted_conflicts_and_recovers_planted_harmony():
     assert metrics["recovered"] == [0, 0, 1, 0]
     summary = MaskStrategy.mask_metrics(after)
     assert summary["sparsity"] == pytest.approx([0.06, 0.06, 0.05, 0.06])
-    assert summary["mean_soft_value"][3] == pytest.approx(4 / 81 / 6)
+    assert summary["soft_share"] == pytest.approx([0.01, 0.0, 0.0, 0.01])
+    assert summary["mean_soft_value"][3] == pytest.approx(4 / 81)  # the one soft entry
+    assert summary["mean_soft_value"][1] is None  # no soft entries: undefined, not 0
     assert len(metrics["conflict_threshold"]) == len(metrics["harmony_threshold"]) == 4
     assert sum(metrics["conflict_hist"]["counts"]) == 400  # every entry of every task
 

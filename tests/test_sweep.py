@@ -30,12 +30,12 @@ def test_local_sweep_runs_the_grid_and_skips_finished_runs(tmp_path, data_dir, c
     assert all(is_finished(p) for p in paths)
     assert "2 succeeded, 0 failed" in capsys.readouterr().out
     assert main(argv) == 0
-    assert "2 already finished, 0 to run" in capsys.readouterr().out
+    assert "2 already finished, 0 locked by another process, 0 to run" in capsys.readouterr().out
     # other settings are other cells: planned as new runs, never taken for these
     assert main(["sweep", "--methods", "promptdt", "harmodt-r", "--suites", "random-2:0",
                  "--seeds", "0", "--results-dir", results, "--dry-run", "--",
                  *_run_args(data_dir), "--gin_binding", "Run.budget_sequences = 80"]) == 0
-    assert "0 already finished, 2 to run" in capsys.readouterr().out
+    assert "0 already finished, 0 locked by another process, 2 to run" in capsys.readouterr().out
 
 
 def test_run_and_sweep_land_in_one_cell(tmp_path, data_dir, capsys):
@@ -45,7 +45,7 @@ def test_run_and_sweep_land_in_one_cell(tmp_path, data_dir, capsys):
                  results]) == 0
     assert main(["sweep", "--methods", "mtdt", "--suites", "random-2:0", "--seeds", "0", "1",
                  "--results-dir", results, "--", *_run_args(data_dir)]) == 0
-    assert "1 already finished, 1 to run" in capsys.readouterr().out
+    assert "1 already finished, 0 locked by another process, 1 to run" in capsys.readouterr().out
     assert main(["table", "--results-dir", results, "--resamples", "100"]) == 0
     frame = pd.read_csv(tmp_path / "results" / "tables" / "table1.csv")
     assert frame["n"].tolist() == [2] and frame["row"].tolist() == ["mtdt"]
@@ -61,13 +61,16 @@ def test_grid_points_are_cells_and_apply_only_where_they_take_effect(tmp_path, d
                  "--dry-run", "--", *_run_args(data_dir)]) == 0
     out = capsys.readouterr().out
     # promptdt: 2 learning rates x 2 seeds; socodt: 2 x 2 grid points x 2 seeds
-    assert "sweep: 12 runs, 0 already finished, 12 to run" in out
+    assert "sweep: 12 runs, 0 already finished, 0 locked by another process, 12 to run" in out
     assert "promptdt: --grid SOCODT_BETA_MIN = 1 has no effect, not applied" in out
     commands = [line for line in out.splitlines() if line.startswith("  mtrl-bench run")]
     assert sum("SOCODT_BETA_MIN = 10" in c and "socodt" in c for c in commands) == 4
     assert not any("SOCODT" in c for c in commands if "--method promptdt" in c)
     for bad, message in (("SOCODT_BETA_MIN", "expected NAME=V1,V2"),
-                         ("SOCODT_BETA_MIN=1,1", "repeats a value")):
+                         ("SOCODT_BETA_MIN=1,1", "repeats a value"),
+                         ("SOCODT_BETAMIN=1,10", "has no effect on any method of this sweep"),
+                         ("socodt.update_interval=2,5", "the runner sets it"),
+                         ("Run.seed=3,4", "the sweep sets it; use --seeds")):
         assert main(["sweep", "--methods", "socodt", "--suites", "mt5", "--grid", bad,
                      "--dry-run"]) == 2
         assert message in capsys.readouterr().err

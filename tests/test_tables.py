@@ -220,14 +220,16 @@ def test_mask_dynamics_table(tables):
         masks = [r for r in run.records if r["kind"] == "mask"]
         per_run.append((np.mean(masks[-1]["sparsity"]),
                         np.mean([np.mean(r["conflicted"]) for r in masks]),
-                        np.mean([np.mean(r["recovered"]) for r in masks])))
-    sparsity, conflicted, recovered = map(np.array, zip(*per_run))
+                        np.mean([np.mean(r["recovered"]) for r in masks]),
+                        np.mean([v for v in masks[-1]["mean_soft_value"] if v is not None])))
+    sparsity, conflicted, recovered, soft = map(np.array, zip(*per_run))
     row = frame.loc[(NEAR, "socodt")]
     assert row["n"] == 5
     assert row["mean_final_sparsity"] == pytest.approx(sparsity.mean())
     assert row["std_final_sparsity"] == pytest.approx(sparsity.std(ddof=1))
     assert row["mean_conflicted_per_update"] == pytest.approx(conflicted.mean())
     assert row["mean_recovered_share"] == pytest.approx(recovered.mean() / ENTRIES)
+    assert row["mean_final_mean_soft_value"] == pytest.approx(soft.mean())  # soft entries only
 
 
 def test_latex_is_valid(tables, tmp_path):
@@ -308,3 +310,30 @@ def test_runs_without_identity_are_listed_not_used(tmp_path, capsys):
     (path / "final.json").write_text("{}")
     assert main(["table", "--results-dir", str(tmp_path)]) == 2  # nothing usable
     assert "no usable finished runs" in capsys.readouterr().err
+
+
+def test_the_default_variant_keeps_the_plain_name_and_only_it_can_be_the_reference(tmp_path,
+                                                                                   capsys):
+    """A grid variant with more seeds is still labelled by what differs; a baseline's variant
+    with a higher mean is never picked as the reference after the fact."""
+    from synthetic_runs import FakeRun, identity, write
+
+    from mtrl_bench.identity import cell_id
+    from mtrl_bench.rundir import run_dir
+
+    plan = [("socodt", {}, 2, 0.6), ("socodt", {"beta_min": 1.0}, 5, 0.5),
+            ("harmodt-f", {}, 3, 0.4), ("harmodt-f", {"k_max": 50}, 3, 0.9)]
+    for method, params, seeds, level in plan:
+        ident = identity(method, "near-optimal", **params)
+        for seed in range(seeds):
+            success = np.full(5, level) + np.array([0.0, 0.01, 0.03, 0.02, 0.05]) * (seed + 1)
+            path = run_dir(tmp_path, "mt5", "near-optimal", method, cell_id(ident), seed)
+            write(tmp_path / "runs", FakeRun(method, "near-optimal", seed, success,
+                                             1000 * success, ident, path))
+    assert main(["table", "--results-dir", str(tmp_path), "--resamples", "100"]) == 0
+    capsys.readouterr()
+    frame = csv(tmp_path / "tables", "table1")
+    assert set(frame["row"]) == {"socodt", "socodt [beta_min=1.0]", "harmodt-f",
+                                 "harmodt-f [k_max=50]"}
+    assert set(frame["reference"].dropna()) == {"harmodt-f"}
+    assert frame.set_index("row").loc["socodt", "n"] == 2

@@ -176,7 +176,8 @@ def test_tiny_model_overfits_tiny_dataset(datasets, method):
     assert [m["step"] for m in train] == [50, 100, 150, 200]
     assert train[-1]["loss"] < first / 8, (first, [m["loss"] for m in train])  # ~10-14x
     if trainer.masks is not None:
-        assert [m["step"] for m in logged if m["kind"] == "mask"] == list(range(25, 200, 25))
+        # updates at steps 25, 50, ...; records carry the steps completed (26, 51, ...)
+        assert [m["step"] for m in logged if m["kind"] == "mask"] == list(range(26, 201, 25))
 
 
 def test_checkpoint_round_trip_continues_bit_for_bit(datasets, tmp_path):
@@ -229,3 +230,31 @@ def test_reference_step_updates_only_the_task_s_active_entries(datasets):
     assert torch.equal(after[~active], before[~active])
     assert (after[active] != before[active]).float().mean() > 0.5
     assert not torch.equal(trainer.model.embed_state.weight, others["embed_state.weight"])
+
+
+def test_divergence_stops_training_and_keeps_the_last_good_checkpoint(datasets, tmp_path):
+    from mtrl_bench.errors import Diverged
+
+    trainer = _trainer(datasets, "harmodt-f", total_steps=40, batch_size=4, warmup_steps=1,
+                       log_every=1000)
+    trainer.train(4)
+    path = tmp_path / "checkpoint.pt"
+    trainer.save_checkpoint(path)
+    good = path.read_bytes()
+    trainer.scheduler.base_lrs = [1e9]  # a learning rate no model survives
+    with pytest.raises(Diverged, match=r"training diverged at step (5|6|7|8): non-finite loss "
+                                       r"for (reach-v3|button-press-v3)"):
+        trainer.train(8)
+    with pytest.raises(Diverged):
+        trainer.save_checkpoint(path)
+    assert path.read_bytes() == good  # the last good checkpoint is kept
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_mask_records_carry_the_steps_completed(datasets):
+    """So that resuming from a checkpoint at step S (records <= S kept) never repeats one."""
+    trainer = _trainer(datasets, "socodt", total_steps=12, batch_size=2, warmup_steps=1,
+                       log_every=1000, strategy=build_strategy("socodt", update_interval=5))
+    records = []
+    trainer.train(None, records.append)
+    assert [r["step"] for r in records if r["kind"] == "mask"] == [6, 11]
