@@ -1,4 +1,6 @@
-"""Masking strategies, one module per method. Importing this package registers them all."""
+"""The built-in methods, one module per method (the ``mtrl_bench.methods`` entry point:
+importing this package registers them all). Installed as ``mtrl_bench.methods``; importing
+a module as ``methods.x`` from the repository root registers nothing twice."""
 
-# imported in the order tables list them: baselines as in the paper, then SoCo-DT
-from . import promptdt, mtdt, harmodt, socodt  # noqa: F401, I001
+# imported in the order tables list them: the paper's baselines, gradient surgery, SoCo-DT
+from . import promptdt, mtdt, harmodt, pcgrad, cagrad, socodt  # noqa: F401, I001

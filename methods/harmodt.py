@@ -27,7 +27,9 @@ import math
 
 import torch
 
-from mtrl_bench.strategy import ERKMaskStrategy, MaskUpdateContext, register_strategy
+from mtrl_bench.method import MaskUpdateContext, register_method
+
+from .erk import ERKMaskMethod
 
 SCORE_TERMS = ("fisher", "magnitude", "none")
 
@@ -37,7 +39,7 @@ def prune_count(step: int, total_steps: int, k_max: int) -> int:
     return int(k_max - 0.5 * k_max * (1.0 + math.cos(2.0 * math.pi * step / total_steps)))
 
 
-class HarmoDT(ERKMaskStrategy):
+class HarmoDT(ERKMaskMethod):
     """HarmoDT: binary ERK masks, prune by harmony score + term, regrow by harmony score."""
 
     #: the extra prune-score term, one of SCORE_TERMS; each registered variant fixes its own
@@ -68,7 +70,7 @@ class HarmoDT(ERKMaskStrategy):
             return theta.abs()
         return 0.0
 
-    def update(self, ctx: MaskUpdateContext) -> dict[str, object]:
+    def update_masks(self, ctx: MaskUpdateContext) -> dict[str, object]:
         masks, g = ctx.masks, ctx.task_grads
         active = masks == 1
         num_active = active.sum(dim=1)
@@ -88,21 +90,21 @@ class HarmoDT(ERKMaskStrategy):
         return {"k": k, "conflicted": counts, "recovered": counts}
 
 
-@register_strategy("harmodt-f", role="baseline")
+@register_method("harmodt-f", role="baseline")
 class HarmoDTFisher(HarmoDT):
     """HarmoDT-F: prune by 10·ḡ⊙g_i + g_i² (Fisher term), regrow by ḡ⊙g_i (Hu et al. 2024)."""
 
     score_term = "fisher"
 
 
-@register_strategy("harmodt-m", role="baseline")
+@register_method("harmodt-m", role="baseline")
 class HarmoDTMagnitude(HarmoDT):
     """HarmoDT-M: prune by 10·ḡ⊙g_i + |θ| (magnitude term), regrow by ḡ⊙g_i (Hu et al. 2024)."""
 
     score_term = "magnitude"
 
 
-@register_strategy("harmodt-r", role="baseline")
+@register_method("harmodt-r", role="baseline")
 class HarmoDTRandom(HarmoDT):
     """HarmoDT-R: prune by 10·ḡ⊙g_i alone, regrow by ḡ⊙g_i (Hu et al. 2024)."""
 

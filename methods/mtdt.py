@@ -1,10 +1,10 @@
 """MTDT (He et al. 2023): the Prompt-DT backbone conditioned on a learned task-ID embedding."""
 
-from mtrl_bench.strategy import MaskStrategy, register_strategy
+from mtrl_bench.method import Method, register_method
 
 
-@register_strategy("mtdt", role="baseline")
-class MTDT(MaskStrategy):
+@register_method("mtdt", role="baseline")
+class MTDT(Method):
     """MTDT: task-ID embedding instead of a prompt, no masks (He et al. 2023)."""
 
     conditioning = "task_id"

@@ -1,8 +1,8 @@
 """Prompt-DT (Xu et al. 2022): one shared model, no masks, every task uses every parameter."""
 
-from mtrl_bench.strategy import MaskStrategy, register_strategy
+from mtrl_bench.method import Method, register_method
 
 
-@register_strategy("promptdt", role="baseline")
-class PromptDT(MaskStrategy):
+@register_method("promptdt", role="baseline")
+class PromptDT(Method):
     """Prompt-DT: shared parameters for all tasks, no masks (Xu et al. 2022)."""

@@ -39,12 +39,9 @@ import math
 import torch
 
 from mtrl_bench.errors import UserError
-from mtrl_bench.strategy import (
-    ERKMaskStrategy,
-    MaskUpdateContext,
-    register_strategy,
-    signed_log_histogram,
-)
+from mtrl_bench.method import MaskUpdateContext, register_method, signed_log_histogram
+
+from .erk import ERKMaskMethod
 
 #: largest float32 below 1: the cap on soft values, so a conflicting entry never stays active
 BELOW_ONE = float(torch.nextafter(torch.tensor(1.0), torch.tensor(0.0)))
@@ -169,8 +166,8 @@ def soft_mask_values(fisher: torch.Tensor) -> torch.Tensor:
     return fisher.clamp_(max=BELOW_ONE)
 
 
-@register_strategy("socodt", role="proposed", components="S+A+M")
-class SoCoDT(ERKMaskStrategy):
+@register_method("socodt", role="proposed", components="S+A+M")
+class SoCoDT(ERKMaskMethod):
     """SoCo-DT: Fisher-weighted soft masks updated by TAMU (IQR thresholds, cosine β_t).
 
     Defaults are the paper's Fig. 5 values (``configs/methods/socodt.gin`` cites each and
@@ -238,7 +235,7 @@ class SoCoDT(ERKMaskStrategy):
         return (scores > threshold[:, None]).logical_and_(suppressed)
 
     @torch.no_grad()
-    def update(self, ctx: MaskUpdateContext) -> dict[str, object]:
+    def update_masks(self, ctx: MaskUpdateContext) -> dict[str, object]:
         grads, masks = ctx.task_grads, ctx.masks
         beta = self.beta(ctx.step, ctx.total_steps)
         metrics: dict[str, object] = {"beta": beta}
@@ -264,14 +261,14 @@ class SoCoDT(ERKMaskStrategy):
         return metrics
 
 
-@register_strategy("socodt-hard", role="ablation", ablation_of="socodt", components="A+M")
+@register_method("socodt-hard", role="ablation", ablation_of="socodt", components="A+M")
 class SoCoDTHard(SoCoDT):
     """Table 4 "A+M": TAMU with hard masks; conflicting entries are set to 0 (no soft value)."""
 
     soft_masks = False
 
 
-@register_strategy("socodt-nomag", role="ablation", ablation_of="socodt", components="S+A")
+@register_method("socodt-nomag", role="ablation", ablation_of="socodt", components="S+A")
 class SoCoDTNoMag(SoCoDT):
     """Table 4 "S+A": recovery ranks suppressed entries by plain g_i⊙ḡ (no eq. 9–10 factor)."""
 
@@ -279,7 +276,7 @@ class SoCoDTNoMag(SoCoDT):
     unused_parameters = {"alpha": "it has no magnitude-sensitive harmony factor"}
 
 
-@register_strategy("socodt-fixed", role="ablation", ablation_of="socodt", components="S+M")
+@register_method("socodt-fixed", role="ablation", ablation_of="socodt", components="S+M")
 class SoCoDTFixed(SoCoDT):
     """Table 4 "S+M": a fixed count per update instead of the IQR thresholds.
 

@@ -17,7 +17,7 @@ from mtrl_bench.errors import UserError
 COMMANDS: dict[str, tuple[str, str]] = {
     "suites": ("mtrl_bench.suites", "list task suites and their tasks"),
     "data": ("mtrl_bench.data", "generate, check or inspect offline datasets"),
-    "methods": ("mtrl_bench.methods_cmd", "list the registered methods (masking strategies)"),
+    "methods": ("mtrl_bench.methods_cmd", "list the registered methods and their roles"),
     "run": ("mtrl_bench.runner", "train and evaluate one method on one suite (resumable)"),
     "sweep": ("mtrl_bench.sweep", "run a grid of methods x suites x qualities x seeds"),
     "table": ("mtrl_bench.tables", "paper-style tables (Markdown, CSV, LaTeX) from results/runs"),

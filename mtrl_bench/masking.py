@@ -8,10 +8,10 @@ Semantics (SPEC, "Masking semantics"): for task i with mask M_i in [0, 1],
 So theta.grad = sum_i (dL/dW_i) * M_i. Soft-masked (conflicting) entries are absent from
 task i's forward pass but still receive a discounted update from task i.
 
-All masks live in one flat ``(num_tasks, num_maskable)`` float32 tensor so strategies can
+All masks live in one flat ``(num_tasks, num_maskable)`` float32 tensor so methods can
 work on whole rows (quantiles, top-k) without looping over parameters; each masked
 parameter reads a ``(num_tasks, *shape)`` view of it. The same backward can also copy the
-per-task gradients dL_i/dW_i into a flat buffer of that shape, which is how strategies get
+per-task gradients dL_i/dW_i into a flat buffer of that shape, which is how methods get
 g_i for mask updates without one extra backward pass per task.
 """
 
@@ -54,7 +54,7 @@ class _TaskMaskedWeight(torch.autograd.Function):
     """theta (shape S) -> effective per-task weights (N, *S) = theta * binary.
 
     Backward returns sum_i grad_i * soft_i and optionally records grad_i (scaled) into
-    ``capture`` so mask strategies see each task's gradient w.r.t. its effective weights.
+    ``capture`` so masking methods see each task's gradient w.r.t. its effective weights.
     ``binary`` and ``grad_scale`` (= soft) are already in the compute dtype (bf16 under
     autocast), so the (N, *S) weights are written once, in the dtype the matmul reads.
     """
@@ -70,8 +70,8 @@ class _TaskMaskedWeight(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (grad_scale,) = ctx.saved_tensors
-        if ctx.capture is not None:
-            ctx.capture.copy_(grad.reshape(ctx.capture.shape) * ctx.capture_scale)
+        if ctx.capture is not None:  # added: one backward per task fills one row each
+            ctx.capture.add_(grad.reshape(ctx.capture.shape) * ctx.capture_scale)
         # sum over tasks, accumulated in at least float32 whatever the compute dtype
         acc = torch.promote_types(grad.dtype, torch.float32)
         theta_grad = (grad.to(grad_scale.dtype) * grad_scale).sum(0, dtype=acc)
@@ -83,7 +83,7 @@ class TaskMasks:
 
     ``soft`` is the source of truth (entries in [0, 1]); the binary forward mask
     (soft == 1) and the backward gradient scale (soft) are cached in ``compute_dtype``
-    and must be refreshed with :meth:`refresh` after a strategy edits ``soft``.
+    and must be refreshed with :meth:`refresh` after a method edits ``soft``.
     """
 
     def __init__(self, soft: torch.Tensor, segments: list[MaskSegment],

@@ -214,8 +214,8 @@ class PromptDT(nn.Module):
         allowed = causal & key_mask.reshape(n * b, 1, 1, length).bool()
         # a fully padded query row would give NaN: let it attend to itself
         allowed = allowed | torch.eye(length, dtype=torch.bool, device=x.device)
-        attn_bias = torch.zeros(allowed.shape, dtype=torch.float32, device=x.device)
-        attn_bias.masked_fill_(~allowed, -math.inf)
+        attn_bias = torch.zeros(allowed.shape, dtype=torch.float32, device=x.device).masked_fill(
+            ~allowed, -math.inf)  # out of place: the model also runs under torch.func.vmap
         for block in self.blocks:
             x = block(x, attn_bias, masks)
         x = self.ln_f(x[:, :, pre.shape[2]:])

@@ -34,6 +34,7 @@ from mtrl_bench import stats
 from mtrl_bench.errors import UserError
 from mtrl_bench.identity import flatten, format_value
 from mtrl_bench.io import atomic_write, atomic_write_text
+from mtrl_bench.method import histogram_edges
 from mtrl_bench.rundir import (
     Cell,
     Column,
@@ -46,7 +47,6 @@ from mtrl_bench.rundir import (
     scan_runs,
     suite_label,
 )
-from mtrl_bench.strategy import histogram_edges
 
 Series = list[tuple[Cell, list[list[dict]]]]  # cells of one column with each run's records
 

@@ -302,7 +302,7 @@ def _row_labels(method: str, groups: dict[str, list[RunRecord]]) -> dict[str, st
 
 
 def _role(run: RunRecord) -> dict:
-    from mtrl_bench.strategy import method_role
+    from mtrl_bench.method import method_role
 
     registered = method_role(run.method)
     if registered is not None:
@@ -400,9 +400,9 @@ def column_key(column: Column):
 def method_key(name: str):
     """Registration order (baselines first, as methods/__init__.py imports them), then
     unregistered names alphabetically."""
-    from mtrl_bench.strategy import registered_strategies
+    from mtrl_bench.method import registered_methods
 
-    order = list(registered_strategies())
+    order = list(registered_methods())
     return (order.index(name), "") if name in order else (len(order), name)
 
 

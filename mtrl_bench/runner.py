@@ -122,9 +122,9 @@ def default_method_identity(method: str) -> dict | None:
     """The "method" part of the identity a run of ``method`` has with no user bindings
     (its gin file and code defaults); None for a method not registered here. Replaces the
     global gin config."""
-    from mtrl_bench.strategy import gin_name, registered_strategies
+    from mtrl_bench.method import gin_name, registered_methods
 
-    method_class = registered_strategies().get(method)
+    method_class = registered_methods().get(method)
     if method_class is None:
         return None
     parse_gin_files(_package_files(method, "paper"))
@@ -153,9 +153,9 @@ def _import_configurables() -> None:
     """Gin only knows a configurable once its module is imported."""
     import mtrl_bench.evaluation  # noqa: F401  (Evaluator)
     import mtrl_bench.trainer  # noqa: F401  (Trainer, PromptDTConfig)
-    from mtrl_bench.strategy import registered_strategies
+    from mtrl_bench.method import registered_methods
 
-    registered_strategies()
+    registered_methods()
 
 
 class _DropGinPathNotFound(logging.Filter):
@@ -167,11 +167,10 @@ class _DropGinPathNotFound(logging.Filter):
 #: binding them in gin would have no effect, so doing so is an error
 RUNNER_SET: dict[str, dict[str, str]] = {
     "Trainer": {
-        "datasets": "the suite's datasets", "method": "--method",
+        "datasets": "the suite's datasets", "method": "--method (built with its own bindings)",
         "total_steps": "from Run.budget_sequences", "batch_size": "from Run.batch_size",
         "warmup_steps": "from Run.warmup_sequences", "device": "--device",
         "seed": "from Run.seed / --seed", "model_config": "PromptDTConfig.*",
-        "strategy": "the method's own bindings",
     },
     "PromptDTConfig": {"conditioning": "from the method", "num_tasks": "from the suite"},
     "Evaluator": {
@@ -186,16 +185,16 @@ RUNNER_SET: dict[str, dict[str, str]] = {
 def _built_objects(method: str) -> dict[str, type]:
     """Gin name -> class of every configurable a run of ``method`` constructs."""
     from mtrl_bench.evaluation import Evaluator
+    from mtrl_bench.method import get_method_class, gin_name
     from mtrl_bench.model import PromptDTConfig
-    from mtrl_bench.strategy import get_strategy_class, gin_name
     from mtrl_bench.trainer import Trainer
 
     return {"Run": RunConfig, "PromptDTConfig": PromptDTConfig, "Trainer": Trainer,
-            "Evaluator": Evaluator, gin_name(method): get_strategy_class(method)}
+            "Evaluator": Evaluator, gin_name(method): get_method_class(method)}
 
 
 def _runner_set(method: str) -> dict[str, dict[str, str]]:
-    from mtrl_bench.strategy import gin_name
+    from mtrl_bench.method import gin_name
 
     return {gin_name(method) if owner == "method" else owner: params
             for owner, params in RUNNER_SET.items()}
@@ -203,9 +202,9 @@ def _runner_set(method: str) -> dict[str, dict[str, str]]:
 
 def _unused(method: str) -> dict[str, dict[str, str]]:
     """{gin name: {parameter: why}} of the parameters the method accepts but ignores."""
-    from mtrl_bench.strategy import get_strategy_class, gin_name
+    from mtrl_bench.method import get_method_class, gin_name
 
-    unused = get_strategy_class(method).unused_parameters
+    unused = get_method_class(method).unused_parameters
     return {gin_name(method): {p: f"{method} does not use it ({why})"
                                for p, why in unused.items()}}
 
@@ -270,11 +269,11 @@ def plan_run(method: str, preset: str = "paper", gin_files=(), bindings=(),
     """Parse the configuration of one run and resolve every argument of every object it
     will build (gin is global: one run per process)."""
     from mtrl_bench.data import GENERATOR_VERSION, QUALITIES
-    from mtrl_bench.strategy import get_strategy_class, gin_name
+    from mtrl_bench.method import get_method_class, gin_name
     from mtrl_bench.suites import canonical_suite_name, resolve_suite
     from mtrl_bench.trainer import resolve_device
 
-    method_class = get_strategy_class(method)
+    method_class = get_method_class(method)
     parse_gin(method, preset, list(gin_files), list(bindings), flags)
     cfg = RunConfig()
     _check_run_config(cfg)
@@ -297,7 +296,7 @@ def plan_run(method: str, preset: str = "paper", gin_files=(), bindings=(),
         own: {"update_interval": cfg.steps(cfg.mask_update_every_sequences, n)},
     }
     arguments = {"Run": dataclasses.asdict(cfg)}
-    skip = {"Trainer": ("datasets", "model_config", "strategy"), "Evaluator": ("tasks",)}
+    skip = {"Trainer": ("datasets", "model_config"), "Evaluator": ("tasks",)}
     for name in ("PromptDTConfig", "Trainer", own, "Evaluator"):
         arguments[name] = resolve_arguments(objects[name], name, derived[name],
                                             skip.get(name, ()))
@@ -314,14 +313,14 @@ def _check_arguments(method: str, tasks: list[str], arguments: dict[str, dict]) 
     """Everything checkable about the objects a run will build, checked before any data is
     generated or any step trained: the cheap ones are built and thrown away."""
     from mtrl_bench.evaluation import Evaluator
+    from mtrl_bench.method import build_method, gin_name
     from mtrl_bench.model import PromptDTConfig
-    from mtrl_bench.strategy import build_strategy, gin_name
     from mtrl_bench.trainer import Trainer
 
     Trainer.check_arguments(**arguments["Trainer"])
     Evaluator.check_arguments(tasks, **arguments["Evaluator"])
     for name, build in (("PromptDTConfig", lambda a: PromptDTConfig(**a)),
-                        (gin_name(method), lambda a: build_strategy(method, **a))):
+                        (gin_name(method), lambda a: build_method(method, **a))):
         try:
             build(arguments[name])
         except (ValueError, TypeError) as err:
@@ -477,8 +476,8 @@ def _run_locked(plan: RunPlan, preset: str, data_dir, force: bool, wandb_mode,
 
     from mtrl_bench.data import ensure_suite_dataset
     from mtrl_bench.evaluation import DecisionTransformerAgent, Evaluator
+    from mtrl_bench.method import build_method, gin_name, method_role
     from mtrl_bench.model import PromptDTConfig
-    from mtrl_bench.strategy import build_strategy, gin_name, method_role
     from mtrl_bench.trainer import Trainer
 
     cfg, tasks, path, args, method = plan.cfg, plan.tasks, plan.path, plan.arguments, plan.method
@@ -506,8 +505,8 @@ def _run_locked(plan: RunPlan, preset: str, data_dir, force: bool, wandb_mode,
                                     progress=progress, force=regenerate_data)
     n = len(tasks)
     # every object gets all of its arguments explicitly: what ran is what plan.identity says
-    strategy = build_strategy(method, **args[gin_name(method)])
-    trainer = Trainer(datasets, **args["Trainer"], strategy=strategy,
+    trainer = Trainer(datasets, **{**args["Trainer"],
+                                   "method": build_method(method, **args[gin_name(method)])},
                       model_config=PromptDTConfig(**args["PromptDTConfig"]))
     total_steps = trainer.total_steps
     metrics = MetricsLog(path / "metrics.jsonl")

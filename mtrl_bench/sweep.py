@@ -66,11 +66,11 @@ def parse_grid(grids: list[str]) -> list[tuple[str, ...]]:
 
 def build_grid(methods, suites, qualities, seeds, extra_args=(), grid=((),)) -> list[RunSpec]:
     from mtrl_bench.data import QUALITIES
-    from mtrl_bench.strategy import get_strategy_class
+    from mtrl_bench.method import get_method_class
     from mtrl_bench.suites import resolve_suite
 
     for method in methods:
-        get_strategy_class(method)  # UserError on an unknown name, before anything runs
+        get_method_class(method)  # UserError on an unknown name, before anything runs
     for suite in suites:
         resolve_suite(suite)
     for quality in qualities:

@@ -361,13 +361,13 @@ def table1(grid: Grid, options: TableOptions):
 def _ablation_groups(grid: Grid) -> list[tuple[str, list[Row]]]:
     """(proposed method, its ablation rows then its own rows) for every proposed method with
     registered ablations; ablations without runs are included as empty rows."""
-    from mtrl_bench.strategy import method_role, registered_strategies
+    from mtrl_bench.method import method_role, registered_methods
 
     groups = []
     for method in dict.fromkeys(r.method for r in grid.rows if r.role == "proposed"):
         members = [r for r in grid.rows if r.role == "ablation" and r.ablation_of == method]
         present = {r.method for r in members}
-        for name in registered_strategies():
+        for name in registered_methods():
             role = method_role(name)
             if role.ablation_of == method and name not in present:
                 members.append(Row(name, "", name, role.role, role.ablation_of, role.components))

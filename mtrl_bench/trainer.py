@@ -4,8 +4,13 @@ A step draws B sequences from every task (:class:`TaskBatchSampler`), runs ONE b
 forward/backward in which task i uses its effective weights θ ⊙ 1[M_i = 1] and sends its
 gradient back scaled by M_i (:mod:`mtrl_bench.masking`), and takes one AdamW step. The
 loss is the mean over tasks of each task's action MSE on its valid (unpadded) positions.
-When the strategy wants a mask update, the same backward pass also records every task's
+When the method wants a mask update, the same backward pass also records every task's
 gradient w.r.t. its effective weights, so an update costs no extra backward passes.
+
+A method that combines gradients (PCGrad, CAGrad) gets every task's gradient of its own
+loss instead: without masks from one vectorised pass (``torch.func.vmap`` over the task
+groups of the same batch: the FLOPs of one backward pass, N x the parameters in gradient
+memory), with masks from one backward pass per task over the same forward graph.
 
 Defaults (``configs/base.gin`` cites them) follow HarmoDT: AdamW lr 1e-4, weight decay
 1e-4, linear warm-up, gradient-norm clip 0.25; bf16 autocast on CUDA.
@@ -34,11 +39,11 @@ import torch
 from mtrl_bench.errors import Diverged, UserError
 from mtrl_bench.io import atomic_write
 from mtrl_bench.masking import TaskMasks
+from mtrl_bench.method import GradientContext, MaskUpdateContext, Method, build_method
 from mtrl_bench.model import PromptDT, PromptDTConfig
 from mtrl_bench.sampling import TaskBatchSampler
-from mtrl_bench.strategy import MaskStrategy, MaskUpdateContext, build_strategy
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -82,7 +87,7 @@ class Trainer:
     def __init__(
         self,
         datasets: Mapping,  # task name -> TaskDataset; the order fixes the task index
-        method: str = "promptdt",
+        method: str | Method = "promptdt",
         *,
         total_steps: int = 20_000,
         batch_size: int = 8,
@@ -96,7 +101,6 @@ class Trainer:
         log_every: int = 100,
         compile: bool = False,
         model_config: PromptDTConfig | None = None,
-        strategy: MaskStrategy | None = None,
     ):
         if not datasets:
             raise UserError("no tasks to train on")
@@ -107,8 +111,7 @@ class Trainer:
         self.device = resolve_device(device)
         self.tasks = list(datasets)
         self.num_tasks = len(self.tasks)
-        self.method = method
-        self.strategy = strategy if strategy is not None else build_strategy(method)
+        self.method = build_method(method) if isinstance(method, str) else method
         self.total_steps = total_steps
         self.batch_size = batch_size
         self.grad_clip = grad_clip
@@ -119,7 +122,7 @@ class Trainer:
         torch.manual_seed(seed)  # model initialisation and dropout
         self.config = dataclasses.replace(
             model_config or PromptDTConfig(),
-            conditioning=self.strategy.conditioning, num_tasks=self.num_tasks,
+            conditioning=self.method.conditioning, num_tasks=self.num_tasks,
         )
         self.model = PromptDT(self.config).to(self.device)
         self._model_fn = torch.compile(self.model) if compile else self.model
@@ -127,11 +130,11 @@ class Trainer:
             [datasets[t] for t in self.tasks], self.config.context_len, self.config.prompt_len,
             batch_size, self.device, seed=seed + 1,
         )
-        self.strategy_generator = torch.Generator(device=self.device)
-        self.strategy_generator.manual_seed(seed + 2)
-        soft = self.strategy.initial_masks(
+        self.method_generator = torch.Generator(device=self.device)
+        self.method_generator.manual_seed(seed + 2)
+        soft = self.method.initial_masks(
             self.num_tasks, self.model.mask_segments, self.model.maskable_flat(),
-            self.strategy_generator,
+            self.method_generator,
         )
         self.masks = None if soft is None else TaskMasks(
             soft.to(self.device, torch.float32), self.model.mask_segments,
@@ -176,6 +179,17 @@ class Trainer:
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast)
 
+    def _task_losses(self, batch: dict, model=None) -> torch.Tensor:
+        """(N,) per-task losses of one task-grouped batch (the forward pass)."""
+        prompt = batch.get("prompt") if self.config.conditioning == "prompt" else None
+        with self._autocast():
+            pred = (model or self._model_fn)(
+                batch["states"], batch["actions"], batch["returns_to_go"], batch["timesteps"],
+                batch["attention_mask"], prompt=prompt, task_ids=batch["task_ids"],
+                masks=self.masks,
+            )
+        return masked_action_loss(pred, batch["actions"], batch["attention_mask"])
+
     def loss_and_backward(self, batch: dict, capture: bool = False) -> torch.Tensor:
         """Forward/backward one task-grouped batch; returns per-task losses (N,).
 
@@ -184,23 +198,79 @@ class Trainer:
         """
         if capture:
             self.masks.start_capture(scale=batch["states"].shape[0])
-        prompt = batch.get("prompt") if self.config.conditioning == "prompt" else None
-        with self._autocast():
-            pred = self._model_fn(
-                batch["states"], batch["actions"], batch["returns_to_go"], batch["timesteps"],
-                batch["attention_mask"], prompt=prompt, task_ids=batch["task_ids"],
-                masks=self.masks,
-            )
-        task_losses = masked_action_loss(pred, batch["actions"], batch["attention_mask"])
+        task_losses = self._task_losses(batch)
         self.optimizer.zero_grad(set_to_none=True)
         task_losses.mean().backward()
         return task_losses.detach()
 
+    def per_task_gradients(self, batch: dict, capture: bool = False):
+        """(N,) losses and {parameter name: (N, *shape) dL_i/dθ} for every parameter.
+
+        Without masks: one vectorised pass (``torch.func.vmap`` over the task groups, each
+        task a group of one; dropout draws differ per task). With masks (whose backward is a
+        custom autograd function): one forward and one backward per task on its graph; with
+        ``capture`` the mask capture receives every task's row as in a single backward.
+        """
+        names = [name for name, _ in self.model.named_parameters()]
+        if self.masks is None:
+            from torch.func import functional_call, grad_and_value, vmap
+            from torch.utils._pytree import tree_map
+
+            params = {n: p.detach() for n, p in self.model.named_parameters()}
+            buffers = dict(self.model.named_buffers())
+
+            def task_loss(params, one_task):
+                group = tree_map(lambda x: x.unsqueeze(0), one_task)  # a group of one task
+                return self._task_losses(group, lambda *args, **kwargs: functional_call(
+                    self.model, (params, buffers), args, kwargs))[0]
+
+            with warnings.catch_warnings():  # attention runs a per-task loop under vmap
+                warnings.filterwarnings("ignore", message=".*batching rule.*")
+                grads, losses = vmap(grad_and_value(task_loss), in_dims=(None, 0),
+                                     randomness="different")(params, batch)
+            return losses.detach(), grads
+        if capture:
+            self.masks.start_capture(scale=1.0)
+        task_losses = self._task_losses(batch, self.model)
+        grads = {n: [] for n in names}
+        parameters = [p for _, p in self.model.named_parameters()]
+        for i in range(self.num_tasks):
+            per_task = torch.autograd.grad(task_losses[i], parameters,
+                                           retain_graph=i + 1 < self.num_tasks,
+                                           allow_unused=True)
+            for name, param, g in zip(names, parameters, per_task):
+                grads[name].append(torch.zeros_like(param) if g is None else g)
+        return task_losses.detach(), {n: torch.stack(g) for n, g in grads.items()}
+
+    def combined_backward(self, batch: dict, capture: bool = False) -> torch.Tensor:
+        """Leave in ``.grad`` the method's combination of the per-task gradients (the
+        parameters it acts on) and their mean (the others); returns the losses (N,)."""
+        task_losses, grads = self.per_task_gradients(batch, capture)
+        acting = [name for name, _ in self.method.gradient_parameters(self.model)]
+        flat = torch.cat([grads[n].reshape(self.num_tasks, -1).float() for n in acting], dim=1)
+        combined = self.method.combine_gradients(GradientContext(
+            step=self.step, total_steps=self.total_steps, task_grads=flat,
+            task_losses=task_losses.float(), generator=self.method_generator))
+        self.optimizer.zero_grad(set_to_none=True)
+        offset = 0
+        parameters = dict(self.model.named_parameters())
+        for name in acting:
+            param = parameters[name]
+            param.grad = combined[offset:offset + param.numel()].view_as(param).to(param.dtype)
+            offset += param.numel()
+        for name, param in parameters.items():
+            if param.grad is None:
+                param.grad = grads[name].mean(dim=0).to(param.dtype)
+        return task_losses
+
     def train_step(self) -> dict | None:
         """One optimiser step on all tasks; returns the mask metrics if masks were updated."""
-        update = self.masks is not None and self.strategy.wants_update(self.step)
+        update = self.masks is not None and self.method.wants_update(self.step)
         batch = self.sampler.sample(with_prompt=self.config.conditioning == "prompt")
-        task_losses = self.loss_and_backward(batch, capture=update)
+        if self.method.combines_gradients:
+            task_losses = self.combined_backward(batch, capture=update)
+        else:
+            task_losses = self.loss_and_backward(batch, capture=update)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip,
                                                    foreach=True)
         self._watch_finite(task_losses, grad_norm)
@@ -242,17 +312,17 @@ class Trainer:
         raise Diverged(f"training diverged at step {step}: {what}")
 
     def update_masks(self, task_grads: torch.Tensor, task_losses: torch.Tensor) -> dict:
-        """Hand the captured per-task gradients to the strategy; refresh the cached masks."""
+        """Hand the captured per-task gradients to the method; refresh the cached masks."""
         ctx = MaskUpdateContext(
             step=self.step, total_steps=self.total_steps, masks=self.masks.soft,
             task_grads=task_grads, task_losses=task_losses.float(),
             theta=self.model.maskable_flat(), segments=self.model.mask_segments,
-            generator=self.strategy_generator,
+            generator=self.method_generator,
         )
-        extra = self.strategy.update(ctx)
+        extra = self.method.update_masks(ctx)
         self.masks.refresh()
         return {"kind": "mask", "step": self.step, "entries": self.masks.soft.shape[1],
-                **self.strategy.mask_metrics(self.masks.soft), **extra}
+                **self.method.mask_metrics(self.masks.soft), **extra}
 
     # ----------------------------------------------------------------- the loop
     def train(self, until_step: int | None = None,
@@ -290,16 +360,16 @@ class Trainer:
     # ---------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:
         rng = {"torch": torch.get_rng_state(), "sampler": self.sampler.state_dict(),
-               "strategy": self.strategy_generator.get_state()}
+               "method": self.method_generator.get_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         return {
-            "format": CHECKPOINT_FORMAT, "method": self.method, "tasks": self.tasks,
+            "format": CHECKPOINT_FORMAT, "method": self.method.name, "tasks": self.tasks,
             "model_config": dataclasses.asdict(self.config), "step": self.step,
             "device_type": self.device.type, "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "masks": None if self.masks is None else self.masks.soft,
-            "strategy": self.strategy.state_dict(), "rng": rng,
+            "method_state": self.method.state_dict(), "rng": rng,
         }
 
     def save_checkpoint(self, path: str | os.PathLike) -> None:
@@ -328,7 +398,7 @@ class Trainer:
         if state.get("format") != CHECKPOINT_FORMAT:
             raise UserError(f"checkpoint {path} has format {state.get('format')!r}, "
                             f"expected {CHECKPOINT_FORMAT}")
-        mine = {"method": self.method, "tasks": self.tasks,
+        mine = {"method": self.method.name, "tasks": self.tasks,
                 "model_config": dataclasses.asdict(self.config)}
         for key, value in mine.items():
             if state[key] != value:
@@ -340,13 +410,13 @@ class Trainer:
         if self.masks is not None:
             self.masks.soft.copy_(state["masks"])
             self.masks.refresh()
-        self.strategy.load_state_dict(state["strategy"])
+        self.method.load_state_dict(state["method_state"])
         self.step = state["step"]
         rng = state["rng"]
         torch.set_rng_state(rng["torch"].cpu())
         if state["device_type"] == self.device.type:
             self.sampler.load_state_dict(rng["sampler"])
-            self.strategy_generator.set_state(rng["strategy"].cpu())
+            self.method_generator.set_state(rng["method"].cpu())
             if "cuda" in rng:
                 torch.cuda.set_rng_state(rng["cuda"].cpu(), self.device)
         else:

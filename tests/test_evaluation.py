@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from mtrl_bench.methods.erk import erk_random_masks
 
 from mtrl_bench.data import TaskDataset
 from mtrl_bench.envpool import EnvPool
@@ -23,7 +24,6 @@ from mtrl_bench.evaluation import (
     ScriptedExpertAgent,
     metaworld_reference_evaluation,
 )
-from mtrl_bench.mask_init import erk_random_masks
 from mtrl_bench.masking import TaskMasks
 from mtrl_bench.model import PromptDT, PromptDTConfig
 from mtrl_bench.suites import make_env

@@ -7,7 +7,7 @@ import torch
 from mtrl_bench.methods.harmodt import prune_count
 
 from mtrl_bench.masking import MaskSegment
-from mtrl_bench.strategy import MaskUpdateContext, build_strategy
+from mtrl_bench.method import MaskUpdateContext, build_method
 
 # Two tasks, eight entries. gbar = mean(g0, g1) = [0.1, 0.3, 0.25, 1, 0.1, 1, 1, 1].
 G0 = [-1.0, -0.3, -0.2, 0.01, 0.2, 0.3, -0.4, 0.8]
@@ -39,19 +39,20 @@ def _context(masks, grads, theta, step, total_steps):
 
 @pytest.mark.parametrize("method", sorted(EXPECTED))
 def test_hand_built_update_prunes_and_regrows_the_expected_entries(method):
-    strategy = build_strategy(method, k_max=2)
+    instance = build_method(method, k_max=2)
     masks = torch.tensor(MASKS, dtype=torch.float32)
     grads = torch.tensor([G0, G1], dtype=torch.float64)
-    metrics = strategy.update(_context(masks, grads, torch.tensor(THETA, dtype=torch.float64),
-                                       step=50, total_steps=100))  # t = T/2: k = k_max = 2
+    metrics = instance.update_masks(_context(masks, grads,
+                                             torch.tensor(THETA, dtype=torch.float64),
+                                             step=50, total_steps=100))  # t = T/2: k = 2
     assert masks.tolist() == EXPECTED[method]
     assert metrics["k"] == 2
 
 
 def test_no_change_when_k_is_zero():
-    strategy = build_strategy("harmodt-f", k_max=100)
+    method = build_method("harmodt-f", k_max=100)
     masks = torch.tensor(MASKS, dtype=torch.float32)
-    strategy.update(_context(masks, torch.tensor([G0, G1]), torch.tensor(THETA), 0, 100))
+    method.update_masks(_context(masks, torch.tensor([G0, G1]), torch.tensor(THETA), 0, 100))
     assert masks.tolist() == MASKS
 
 
@@ -71,14 +72,14 @@ def test_cosine_schedule_rises_to_k_max_and_falls_back():
 def test_random_updates_keep_active_counts_and_move_exactly_k(method):
     gen = torch.Generator().manual_seed(0)
     n, p, total = 4, 500, 40
-    strategy = build_strategy(method, k_max=30)
+    method = build_method(method, k_max=30)
     masks = (torch.rand(n, p, generator=gen) > 0.3).float()
     counts = masks.sum(1)
     theta = torch.randn(p, generator=gen)
     for step in range(1, total):
         before = masks.clone()
         grads = torch.randn(n, p, generator=gen)
-        k = strategy.update(_context(masks, grads, theta, step, total))["k"]
+        k = method.update_masks(_context(masks, grads, theta, step, total))["k"]
         assert k == prune_count(step, total, 30)
         assert torch.equal(masks.sum(1), counts)
         pruned = (before == 1) & (masks == 0)
@@ -91,11 +92,11 @@ def test_random_updates_keep_active_counts_and_move_exactly_k(method):
 
 
 def test_erk_initial_masks_at_sparsity():
-    strategy = build_strategy("harmodt-f")
+    method = build_method("harmodt-f")
     segments = [MaskSegment("a", (64, 32), 0), MaskSegment("b", (64,), 2048),
                 MaskSegment("c", (128, 64), 2112)]
     gen = torch.Generator().manual_seed(1)
-    masks = strategy.initial_masks(3, segments, torch.zeros(10304), gen)
+    masks = method.initial_masks(3, segments, torch.zeros(10304), gen)
     assert masks.shape == (3, 10304)
     assert set(masks.unique().tolist()) == {0.0, 1.0}
     assert torch.allclose(1 - masks.mean(1), torch.full((3,), 0.2), atol=1e-3)

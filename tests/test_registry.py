@@ -9,18 +9,18 @@ import torch
 from mtrl_bench import cli
 from mtrl_bench.data import ensure_suite_dataset
 from mtrl_bench.errors import UserError
-from mtrl_bench.model import PromptDTConfig
-from mtrl_bench.strategy import (
-    MaskStrategy,
-    build_strategy,
-    get_strategy_class,
-    register_strategy,
+from mtrl_bench.method import (
+    Method,
+    build_method,
+    get_method_class,
+    register_method,
 )
+from mtrl_bench.model import PromptDTConfig
 from mtrl_bench.trainer import Trainer
 
 
-@register_strategy("test-agreement")
-class AgreementMasks(MaskStrategy):
+@register_method("test-agreement")
+class AgreementMasks(Method):
     """Test method: soft-mask (0.5) every entry where g_i disagrees in sign with the mean."""
 
     def __init__(self, update_interval: int = 3, soft_value: float = 0.5):
@@ -35,7 +35,7 @@ class AgreementMasks(MaskStrategy):
     def initial_masks(self, num_tasks, segments, theta, generator):
         return torch.ones(num_tasks, segments[-1].stop, device=theta.device)
 
-    def update(self, ctx):
+    def update_masks(self, ctx):
         assert ctx.task_grads.shape == ctx.masks.shape and ctx.task_losses.shape == (2,)
         disagree = ctx.task_grads * ctx.task_grads.mean(0) < 0
         ctx.masks.copy_(torch.where(disagree, self.soft_value, 1.0))
@@ -49,7 +49,7 @@ class AgreementMasks(MaskStrategy):
         self.updates = state["updates"]
 
 
-@register_strategy("test-agreement-hard", role="ablation", ablation_of="test-agreement",
+@register_method("test-agreement-hard", role="ablation", ablation_of="test-agreement",
                    components="hard")
 class HardAgreementMasks(AgreementMasks):
     """Test method: the same with disagreeing entries dropped (0)."""
@@ -64,7 +64,7 @@ def clean_gin():
     gin.clear_config()
 
 
-def test_a_strategy_defined_outside_the_package_trains(tmp_path):
+def test_a_mask_method_defined_outside_the_package_trains(tmp_path):
     datasets = ensure_suite_dataset(["reach-v3", "drawer-close-v3"], "near-optimal",
                                     data_dir=tmp_path, episodes=3, episode_length=30,
                                     workers=1, progress=False)
@@ -75,7 +75,7 @@ def test_a_strategy_defined_outside_the_package_trains(tmp_path):
     logged = []
     trainer.train(callback=logged.append)
     masks = [m for m in logged if m["kind"] == "mask"]
-    assert [m["step"] for m in masks] == [4, 7] and trainer.strategy.updates == 2
+    assert [m["step"] for m in masks] == [4, 7] and trainer.method.updates == 2
     assert all(0 < d < trainer.model.num_maskable for m in masks for d in m["disagreeing"])
     soft = trainer.masks.soft
     assert set(soft.unique().tolist()) == {0.5, 1.0}
@@ -86,30 +86,30 @@ def test_a_strategy_defined_outside_the_package_trains(tmp_path):
     again = Trainer(datasets, "test-agreement", total_steps=7, warmup_steps=1, device="cpu",
                     model_config=config)
     again.load_checkpoint(tmp_path / "ckpt.pt")
-    assert again.strategy.updates == 2 and torch.equal(again.masks.soft, soft)
+    assert again.method.updates == 2 and torch.equal(again.masks.soft, soft)
 
 
 def test_duplicate_name_is_refused_loudly():
     with pytest.raises(ValueError, match="'test-agreement' is already registered by .*Agreement"):
-        register_strategy("test-agreement")(type("Again", (MaskStrategy,), {}))
+        register_method("test-agreement")(type("Again", (Method,), {}))
     with pytest.raises(ValueError, match="'harmodt-f' is already registered"):
-        register_strategy("harmodt-f")(type("Again", (MaskStrategy,), {}))
+        register_method("harmodt-f")(type("Again", (Method,), {}))
 
 
 def test_unknown_method_lists_the_valid_ones():
     with pytest.raises(UserError, match="unknown method 'nope'; valid: promptdt, mtdt, harmodt-f"):
-        get_strategy_class("nope")
+        get_method_class("nope")
     with pytest.raises(UserError, match="unknown method 'nope'"):
         Trainer({"reach-v3": None}, "nope", device="cpu")
 
 
 def test_gin_bindings_are_per_registered_name():
     gin.parse_config("test_agreement.soft_value = 0.25\ntest_agreement.update_interval = 5")
-    assert build_strategy("test-agreement").soft_value == 0.25
-    assert build_strategy("test-agreement").update_interval == 5
-    hard = build_strategy("test-agreement-hard")  # a subclass: not bound by its parent's values
+    assert build_method("test-agreement").soft_value == 0.25
+    assert build_method("test-agreement").update_interval == 5
+    hard = build_method("test-agreement-hard")  # a subclass: not bound by its parent's values
     assert (hard.soft_value, hard.update_interval) == (0.0, 3)
-    assert build_strategy("test-agreement", soft_value=0.75).soft_value == 0.75
+    assert build_method("test-agreement", soft_value=0.75).soft_value == 0.75
     with pytest.raises(ValueError, match="doesn't have a parameter named 'typo'"):
         gin.parse_config("test_agreement.typo = 1")
 
@@ -127,9 +127,9 @@ def test_methods_command_lists_every_registered_method(capsys):
 
 def test_roles_are_checked_when_registering():
     with pytest.raises(ValueError, match="role must be one of"):
-        register_strategy("test-bad-role", role="winner")
+        register_method("test-bad-role", role="winner")
     with pytest.raises(ValueError, match="names the method it is an ablation of"):
-        register_strategy("test-bad-ablation", role="ablation")
+        register_method("test-bad-ablation", role="ablation")
 
 
 def test_a_registered_role_places_the_method_in_the_tables(tmp_path, capsys):

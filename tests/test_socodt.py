@@ -27,8 +27,8 @@ from mtrl_bench.methods.socodt import (
 
 from mtrl_bench.errors import UserError
 from mtrl_bench.masking import TaskMasks
+from mtrl_bench.method import MaskUpdateContext, Method, build_method, get_method_class
 from mtrl_bench.model import PromptDT, PromptDTConfig
-from mtrl_bench.strategy import MaskStrategy, MaskUpdateContext, build_strategy, get_strategy_class
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "methods"
 
@@ -153,26 +153,26 @@ def test_soft_values_are_min_max_normalised_fisher_below_one():
 # --- thresholds, eqs. 13-14 ------------------------------------------------------------------
 
 def test_no_entry_past_the_thresholds_when_scores_are_equal():
-    strategy = SoCoDT()
+    method = SoCoDT()
     scores = torch.ones(2, 40)
     everything = torch.ones(2, 40, dtype=torch.bool)
     metrics = {}
-    assert not strategy.select_conflicting(scores.clone(), everything, 5.0, metrics).any()
-    assert not strategy.select_recovered(scores.clone(), everything, 5.0, metrics).any()
+    assert not method.select_conflicting(scores.clone(), everything, 5.0, metrics).any()
+    assert not method.select_recovered(scores.clone(), everything, 5.0, metrics).any()
     assert metrics["conflict_threshold"] == [1.0, 1.0]  # IQR = 0 -> threshold = Q_q1
 
 
 def test_every_candidate_past_the_thresholds():
-    strategy = SoCoDT(q1=0.375, q3=0.625)
+    method = SoCoDT(q1=0.375, q3=0.625)
     # 8 entries; quantiles over all of them: Q_q1 = X(3) = 0, Q_q3 = X(5) = 0, IQR = 0
     scores = t([-3.0, -2.0, 0.0, 0.0, 0.0, 0.0, 4.0, 5.0])
     low, high = scores < 0, scores > 0
     # every active entry (the two negative ones) lies below 0 - beta * 0
-    assert torch.equal(strategy.select_conflicting(scores.clone(), low, 5.0, {}), low)
+    assert torch.equal(method.select_conflicting(scores.clone(), low, 5.0, {}), low)
     # every suppressed entry (the two positive ones) lies above 0 + beta * 0
-    assert torch.equal(strategy.select_recovered(scores.clone(), high, 5.0, {}), high)
+    assert torch.equal(method.select_recovered(scores.clone(), high, 5.0, {}), high)
     # the candidate sets restrict the selection: nothing outside them is touched
-    assert not strategy.select_conflicting(scores.clone(), high, 5.0, {}).any()
+    assert not method.select_conflicting(scores.clone(), high, 5.0, {}).any()
 
 
 # --- a whole update on planted conflicts -----------------------------------------------------
@@ -202,13 +202,13 @@ def planted_update_inputs():
     return grads, masks, losses
 
 
-def run_update(strategy, grads, masks, losses, step=500, total=1000):
+def run_update(method, grads, masks, losses, step=500, total=1000):
     masks = masks.clone()
     ctx = MaskUpdateContext(
         step=step, total_steps=total, masks=masks, task_grads=grads, task_losses=losses,
         theta=torch.zeros(masks.shape[1]), segments=[], generator=torch.Generator(),
     )
-    return masks, strategy.update(ctx)
+    return masks, method.update_masks(ctx)
 
 
 def changed(before, after):
@@ -229,7 +229,7 @@ def test_update_masks_planted_conflicts_and_recovers_planted_harmony():
     assert metrics["beta"] == 5.0
     assert metrics["conflicted"] == [1, 0, 0, 1]
     assert metrics["recovered"] == [0, 0, 1, 0]
-    summary = MaskStrategy.mask_metrics(after)
+    summary = Method.mask_metrics(after)
     assert summary["sparsity"] == pytest.approx([0.06, 0.06, 0.05, 0.06])
     assert summary["soft_share"] == pytest.approx([0.01, 0.0, 0.0, 0.01])
     assert summary["mean_soft_value"][3] == pytest.approx(4 / 81)  # the one soft entry
@@ -240,7 +240,7 @@ def test_update_masks_planted_conflicts_and_recovers_planted_harmony():
 
 def test_conflict_histogram_bins_scores_in_score_units():
     """The logged histogram counts each score in the signed log10 bin that holds it."""
-    from mtrl_bench.strategy import histogram_edges, signed_log_histogram
+    from mtrl_bench.method import histogram_edges, signed_log_histogram
 
     rng = np.random.default_rng(0)
     values = rng.choice([-1.0, 1.0], 5000) * 10.0 ** rng.uniform(-25, 3, 5000)
@@ -337,17 +337,17 @@ def test_methods_are_registered_and_gin_files_restate_the_defaults():
     names = {"socodt": SoCoDT, "socodt-hard": SoCoDTHard, "socodt-fixed": SoCoDTFixed,
              "socodt-nomag": SoCoDTNoMag}
     for name, cls in names.items():
-        assert get_strategy_class(name) is cls
+        assert get_method_class(name) is cls
     try:
         gin.clear_config()
         gin.add_config_file_search_path(str(CONFIGS.parent))
         for name, cls in names.items():
             gin.parse_config_file(str(CONFIGS / f"{name}.gin"))
-            assert vars(build_strategy(name)) == vars(cls())  # the files restate the defaults
+            assert vars(build_method(name)) == vars(cls())  # the files restate the defaults
         # one SOCODT_* macro changes socodt and every ablation alike
         gin.parse_config("SOCODT_FISHER_WEIGHT = 0.5\nsocodt_fixed.swap_count = 3")
-        assert {build_strategy(name).fisher_weight for name in names} == {0.5}
-        assert build_strategy("socodt-fixed").swap_count == 3
+        assert {build_method(name).fisher_weight for name in names} == {0.5}
+        assert build_method("socodt-fixed").swap_count == 3
     finally:
         gin.clear_config()
 
@@ -389,9 +389,9 @@ def test_soft_masks_drop_entries_from_forward_and_scale_gradients():
                   attention_mask=torch.ones(n, 1, kp))
     target = rnd(n, b, k, 4).clamp(-0.9, 0.9)
     # beta = 0 and wide quantiles so that a quarter of the active entries conflict
-    strategy = SoCoDT(beta_left_max=0.0, beta_min=0.0, beta_right_max=0.0, q1=0.25, q3=0.75)
+    method = SoCoDT(beta_left_max=0.0, beta_min=0.0, beta_right_max=0.0, q1=0.25, q3=0.75)
     gen = torch.Generator().manual_seed(0)
-    masks = TaskMasks(strategy.initial_masks(n, model.mask_segments, model.maskable_flat(), gen),
+    masks = TaskMasks(method.initial_masks(n, model.mask_segments, model.maskable_flat(), gen),
                       model.mask_segments)
 
     def losses():
@@ -404,7 +404,7 @@ def test_soft_masks_drop_entries_from_forward_and_scale_gradients():
     grads = masks.start_capture(scale=n)
     _, task_losses = losses()
     masks.stop_capture()
-    strategy.update(MaskUpdateContext(
+    method.update_masks(MaskUpdateContext(
         step=1, total_steps=10, masks=masks.soft, task_grads=grads, task_losses=task_losses,
         theta=model.maskable_flat(), segments=model.mask_segments, generator=gen))
     masks.refresh()

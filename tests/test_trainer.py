@@ -8,15 +8,15 @@ import torch
 
 from mtrl_bench.data import ensure_suite_dataset
 from mtrl_bench.errors import UserError
+from mtrl_bench.method import build_method, registered_methods
 from mtrl_bench.model import PromptDTConfig
 from mtrl_bench.prompts import demonstration_indices, returns_to_go, state_normalizer
 from mtrl_bench.sampling import ACTION_PAD, RTG_SCALE, TaskBatchSampler
-from mtrl_bench.strategy import build_strategy, registered_strategies
 from mtrl_bench.trainer import Trainer, resolve_device
 
 TASKS = ["reach-v3", "button-press-v3"]
 TINY = dict(n_layer=2, n_embd=32, n_head=2, n_inner=64, dropout=0.0, context_len=8, prompt_len=3)
-BUILT_IN = [name for name, cls in registered_strategies().items()
+BUILT_IN = [name for name, cls in registered_methods().items()
             if cls.__module__.startswith("mtrl_bench.methods.")]
 
 
@@ -164,10 +164,9 @@ def test_bf16_masked_path_matches_float32(datasets):
 
 @pytest.mark.parametrize("method", BUILT_IN)
 def test_tiny_model_overfits_tiny_dataset(datasets, method):
-    strategy = build_strategy(method, update_interval=25)
-    trainer = _trainer(datasets, method, strategy=strategy, total_steps=200, warmup_steps=10,
-                       batch_size=16, learning_rate=3e-3, log_every=50, model=dict(n_embd=64,
-                       n_inner=128))
+    trainer = _trainer(datasets, build_method(method, update_interval=25), total_steps=200,
+                       warmup_steps=10, batch_size=16, learning_rate=3e-3, log_every=50,
+                       model=dict(n_embd=64, n_inner=128))
     trainer.train(1)
     first = trainer.last_task_losses.mean().item()
     logged = []
@@ -182,8 +181,8 @@ def test_tiny_model_overfits_tiny_dataset(datasets, method):
 
 def test_checkpoint_round_trip_continues_bit_for_bit(datasets, tmp_path):
     def make():
-        strategy = build_strategy("harmodt-f", update_interval=2, k_max=500)
-        return _trainer(datasets, "harmodt-f", strategy=strategy, total_steps=10,
+        return _trainer(datasets, build_method("harmodt-f", update_interval=2, k_max=500),
+                        total_steps=10,
                         warmup_steps=3, model=dict(dropout=0.1))
 
     first = make()
@@ -253,8 +252,8 @@ def test_divergence_stops_training_and_keeps_the_last_good_checkpoint(datasets, 
 
 def test_mask_records_carry_the_steps_completed(datasets):
     """So that resuming from a checkpoint at step S (records <= S kept) never repeats one."""
-    trainer = _trainer(datasets, "socodt", total_steps=12, batch_size=2, warmup_steps=1,
-                       log_every=1000, strategy=build_strategy("socodt", update_interval=5))
+    trainer = _trainer(datasets, build_method("socodt", update_interval=5), total_steps=12,
+                       batch_size=2, warmup_steps=1, log_every=1000)
     records = []
     trainer.train(None, records.append)
     assert [r["step"] for r in records if r["kind"] == "mask"] == [6, 11]

@@ -180,9 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import torch
+    from mtrl_bench.methods.erk import erk_random_masks
 
     from mtrl_bench.evaluation import DecisionTransformerAgent, Evaluator, ScriptedExpertAgent
-    from mtrl_bench.mask_init import erk_random_masks
     from mtrl_bench.masking import TaskMasks
     from mtrl_bench.model import PromptDT
     from mtrl_bench.suites import MT50

@@ -25,14 +25,14 @@ from tabulate import tabulate
 
 from mtrl_bench.errors import UserError
 from mtrl_bench.masking import MaskSegment
+from mtrl_bench.method import (
+    MaskUpdateContext,
+    Method,
+    build_method,
+    registered_methods,
+)
 from mtrl_bench.model import PromptDT, PromptDTConfig
 from mtrl_bench.runner import CONFIG_DIR, parse_gin_files
-from mtrl_bench.strategy import (
-    MaskStrategy,
-    MaskUpdateContext,
-    build_strategy,
-    registered_strategies,
-)
 
 DEFAULT_METHODS = ("socodt", "socodt-hard", "socodt-fixed", "socodt-nomag", "harmodt-f")
 
@@ -50,13 +50,13 @@ def synthetic_task_grads(num_tasks: int, size: int, device: torch.device,
 
 
 def time_mask_update(
-    strategy: MaskStrategy, num_tasks: int, segments: list[MaskSegment], theta: torch.Tensor,
+    method: Method, num_tasks: int, segments: list[MaskSegment], theta: torch.Tensor,
     *, repeats: int = 5, warmup: int = 2, total_steps: int = 20_000, seed: int = 0,
 ) -> dict:
-    """Median/min milliseconds of ``strategy.update`` and its peak extra CUDA memory."""
+    """Median/min milliseconds of ``method.update_masks`` and its peak extra CUDA memory."""
     device = theta.device
     generator = torch.Generator(device=device).manual_seed(seed)
-    initial = strategy.initial_masks(num_tasks, segments, theta, generator)
+    initial = method.initial_masks(num_tasks, segments, theta, generator)
     grads, losses = synthetic_task_grads(num_tasks, theta.numel(), device, generator)
     masks = torch.empty_like(initial)
     cuda = device.type == "cuda"
@@ -71,7 +71,7 @@ def time_mask_update(
             base = torch.cuda.memory_allocated()
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
-        metrics = strategy.update(ctx)
+        metrics = method.update_masks(ctx)
         if cuda:
             torch.cuda.synchronize()
         if i >= warmup:
@@ -112,15 +112,15 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("--device cuda asked for, but CUDA is not available here")
         device = torch.device(args.device if args.device != "auto" else
                               "cuda" if torch.cuda.is_available() else "cpu")
-        methods = args.methods or [m for m in DEFAULT_METHODS if m in registered_strategies()]
+        methods = args.methods or [m for m in DEFAULT_METHODS if m in registered_methods()]
         rows, entries = [], 0
         for method in methods:
             load_method_config(method, args.model)
-            strategy = build_strategy(method)
+            instance = build_method(method)
             model = PromptDT(PromptDTConfig())
             theta = model.maskable_flat().to(device)
             entries = model.num_maskable
-            result = time_mask_update(strategy, args.tasks, model.mask_segments, theta,
+            result = time_mask_update(instance, args.tasks, model.mask_segments, theta,
                                       repeats=args.repeats, warmup=args.warmup)
             rows.append({"method": method, **result})
             del model, theta

@@ -6,7 +6,9 @@ Prints, for N tasks and a model preset on the current device, in one run:
   4000 sequences as in the paper protocol) and without masks (Prompt-DT);
 * sequences/s of the ``reference`` loop (HarmoDT's shape: one task per iteration, batch
   8, masked weights swapped in and out, float32, loss read back every iteration);
-* their ratio, the time of one HarmoDT mask update (at k = k_max) and peak memory.
+* their ratio, the time of one HarmoDT mask update (at k = k_max) and peak memory;
+* sequences/s of the gradient-surgery methods (PCGrad, CAGrad: per-task gradients of every
+  parameter each step) and the memory those gradients take (N x all parameters, float32).
 
 Data are synthetic episodes of the real shapes (39-dim states, 4-dim actions, 500 steps):
 throughput does not depend on their values. Goals on one H100 with ``--preset paper
@@ -20,6 +22,7 @@ update under 50 ms.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import resource
 import statistics
 import sys
@@ -31,8 +34,8 @@ import numpy as np
 import torch
 
 from mtrl_bench.data import TaskDataset
-from mtrl_bench.model import PromptDTConfig
-from mtrl_bench.strategy import build_strategy
+from mtrl_bench.method import build_method
+from mtrl_bench.model import PromptDT, PromptDTConfig
 from mtrl_bench.trainer import Trainer, resolve_device
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -85,8 +88,8 @@ def timed(fn, repeats: int, device: torch.device) -> float:
 def make_trainer(datasets, method: str, args, bf16: bool) -> Trainer:
     n = len(datasets)
     interval = max(1, round(MASK_UPDATE_SEQUENCES / (n * args.batch)))
-    strategy = build_strategy(method, update_interval=interval)
-    return Trainer(datasets, method, strategy=strategy, total_steps=10**6, warmup_steps=100,
+    return Trainer(datasets, build_method(method, update_interval=interval), total_steps=10**6,
+                   warmup_steps=100,
                    batch_size=args.batch, device=args.device, bf16=bf16, compile=args.compile,
                    log_every=10**9, seed=0)
 
@@ -99,7 +102,7 @@ def bench_batched(datasets, method: str, args) -> dict:
     seconds = timed(trainer.train_step, args.steps, device)
     out = {"sequences_per_s": args.steps * trainer.sequences_per_step / seconds,
            "step_ms": 1000 * seconds / args.steps, "peak_mib": peak_mib(device),
-           "updates_in_window": sum(trainer.strategy.wants_update(s) for s in
+           "updates_in_window": sum(trainer.method.wants_update(s) for s in
                                     range(trainer.step - args.steps, trainer.step))}
     if trainer.masks is not None:
         trainer.step = trainer.total_steps // 2  # k = k_max: the most expensive update
@@ -161,6 +164,7 @@ def main(argv=None) -> int:
     masked = bench_batched(datasets, "harmodt-f", args)
     soft = bench_batched(datasets, "socodt", args)
     plain = bench_batched(datasets, "promptdt", args)
+    surgery = {name: bench_batched(datasets, name, args) for name in ("pcgrad", "cagrad")}
     reference = bench_reference(datasets, args)
     ratio = masked["sequences_per_s"] / reference["sequences_per_s"]
     rows = [
@@ -172,6 +176,9 @@ def main(argv=None) -> int:
          f"{soft['peak_mib']:,.0f}"),
         ("batched, no masks", f"{plain['sequences_per_s']:,.0f}",
          f"{plain['step_ms']:.2f} ms/step", f"{plain['peak_mib']:,.0f}"),
+        *((f"{name}, per-task grads", f"{result['sequences_per_s']:,.0f}",
+           f"{result['step_ms']:.2f} ms/step ({result['step_ms'] / plain['step_ms']:.1f}x "
+           "no masks)", f"{result['peak_mib']:,.0f}") for name, result in surgery.items()),
         ("reference loop (fp32)", f"{reference['sequences_per_s']:,.0f}",
          f"{reference['iteration_ms']:.2f} ms/iteration", f"{reference['peak_mib']:,.0f}"),
     ]
@@ -187,6 +194,10 @@ def main(argv=None) -> int:
                                             + interval * plain["step_ms"])
         print(f"{label} mask update: {result['mask_update_ms']:.1f} ms; with one update every "
               f"{interval} steps, mask work is {100 * share:.1f}% of training time")
+    parameters = sum(p.numel() for p in PromptDT(dataclasses.replace(
+        cfg, num_tasks=args.tasks)).parameters())
+    print(f"per-task gradients (PCGrad, CAGrad): {args.tasks} x {parameters:,} parameters x 4 "
+          f"bytes = {args.tasks * parameters * 4 / 2**20:,.0f} MiB a step")
     if device.type == "cpu":
         print("(CPU peak memory is the process's peak resident set, cumulative over the run)")
     return 0

@@ -1,4 +1,5 @@
-"""Random Erdős–Rényi-Kernel (ERK) initial masks, as HarmoDT and SoCo-DT start from.
+"""Random Erdős–Rényi-Kernel (ERK) initial masks, and the base of the methods that start
+from them (HarmoDT, SoCo-DT).
 
 ERK (Evci et al. 2020, RigL) gives tensor l a density proportional to
 sum(shape_l) / prod(shape_l), scaled so the overall density is ``1 - sparsity``; tensors
@@ -13,6 +14,7 @@ import math
 import torch
 
 from mtrl_bench.masking import MaskSegment
+from mtrl_bench.method import Method
 
 
 def erk_densities(segments: list[MaskSegment], sparsity: float) -> list[float]:
@@ -45,3 +47,21 @@ def erk_random_masks(
         off = scores.topk(n_off, dim=1).indices.to(device) + seg.offset
         masks.scatter_(1, off, 0.0)
     return masks
+
+
+class ERKMaskMethod(Method):
+    """Base for methods that start from an independent random ERK mask per task at
+    ``initial_sparsity`` (HarmoDT, SoCo-DT)."""
+
+    initial_sparsity: float = 0.2
+
+    @property
+    def uses_masks(self) -> bool:
+        return True
+
+    def initial_masks(
+        self, num_tasks: int, segments: list[MaskSegment], theta: torch.Tensor,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        return erk_random_masks(num_tasks, segments, self.initial_sparsity, generator,
+                                device=theta.device)

@@ -1,30 +1,46 @@
-"""The extension point: a masking strategy decides each task's mask; the trainer does the rest.
+"""The extension point: a method is one registered class; the trainer does the rest.
 
-A new method is one subclass of :class:`MaskStrategy` decorated with
-``@register_strategy("name")``. The trainer calls the hooks below; everything else (the
-batched masked forward/backward, optimiser, checkpoints, evaluation) is shared.
+A method may do either or both of two things, each a hook the trainer calls:
 
-Masks are one flat ``(num_tasks, num_maskable)`` float32 tensor (see
-:mod:`mtrl_bench.masking`): entry 1 = used in the task's forward pass and updated at full
-rate, a value in (0, 1) = absent from the forward pass but updated at that fraction
-(soft mask), 0 = absent and not updated by that task.
+- **own per-task masks** (the masking family: HarmoDT, SoCo-DT): ``initial_masks`` gives one
+  flat ``(num_tasks, num_maskable)`` float32 tensor over the parameters inside the
+  transformer blocks (see :mod:`mtrl_bench.masking`): 1 = used in the task's forward pass
+  and updated at full rate, a value in (0, 1) = absent from the forward pass but updated at
+  that fraction (soft mask), 0 = absent and not updated by that task. Every
+  ``update_interval`` steps, right after the optimiser step, ``update_masks`` edits them
+  from each task's gradient w.r.t. its effective weights, captured by the step's own
+  backward pass.
+- **combine the per-task gradients** of each step (the gradient-surgery family: PCGrad,
+  CAGrad): with ``combines_gradients = True`` the trainer computes every task's gradient of
+  its own loss for the parameters ``gradient_parameters`` names (default: all shared
+  parameters) and hands them to ``combine_gradients`` before gradient clipping and the
+  optimiser step; the result replaces the mean over tasks that the other methods step on.
+
+Everything else (the batched forward/backward, optimiser, checkpoints, evaluation) is
+shared. ``@register_method("name", role=...)`` registers a class; built-in methods are
+found through the ``mtrl_bench.methods`` entry point group (setup.cfg), which is also how a
+separately installed package adds its own.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
+from importlib import metadata
 
 import gin
 import torch
 
 from mtrl_bench.errors import UserError
-from mtrl_bench.mask_init import erk_random_masks
 from mtrl_bench.masking import MaskSegment
 
-_REGISTRY: dict[str, type[MaskStrategy]] = {}
-_CONFIGURABLE: dict[str, type[MaskStrategy]] = {}  # name -> gin-configurable subclass
-_ROLES: dict[str, MethodRole] = {}
+ENTRY_POINT_GROUP = "mtrl_bench.methods"
 ROLES = ("baseline", "proposed", "ablation")
+_REGISTRY: dict[str, type[Method]] = {}
+_CONFIGURABLE: dict[str, type[Method]] = {}  # name -> gin-configurable subclass
+_ROLES: dict[str, MethodRole] = {}
+_BUILT_IN: list[str] = []  # names registered while loading the entry points
+_loaded = False
 
 
 @dataclass(frozen=True)
@@ -49,13 +65,26 @@ class MethodRole:
 
 
 def gin_name(name: str) -> str:
-    """The gin configurable of a strategy: its name with '-' -> '_' (``harmodt_f.k_max``)."""
+    """The gin configurable of a method: its name with '-' -> '_' (``harmodt_f.k_max``)."""
     return name.replace("-", "_")
 
 
-def register_strategy(name: str, *, role: str = "proposed", ablation_of: str | None = None,
-                      components: str | None = None):
-    """Class decorator adding a strategy under ``name``; a second use of a name is an error.
+def _same_source(a: type, b: type) -> bool:
+    """The same class from the same file, imported twice under two module names (e.g.
+    ``methods.socodt`` from the repository root and the installed ``mtrl_bench.methods``)."""
+    try:
+        return a.__qualname__ == b.__qualname__ and (
+            inspect.getsourcefile(a) == inspect.getsourcefile(b))
+    except TypeError:
+        return False
+
+
+def register_method(name: str, *, role: str = "proposed", ablation_of: str | None = None,
+                    components: str | None = None):
+    """Class decorator adding a method under ``name``.
+
+    A different class under a name already taken is an error; the same class imported again
+    from the same file under another module path is a no-op (the first stays registered).
 
     ``role`` places the method in the tables without editing them: "baseline" (tested
     against), "proposed" (the default) or "ablation" (with ``ablation_of``, the method it
@@ -63,19 +92,22 @@ def register_strategy(name: str, *, role: str = "proposed", ablation_of: str | N
     role belongs to the registration, so a subclass registered under another name never
     inherits it.
 
-    The strategy also becomes gin-configurable as :func:`gin_name` (``name``). Gin wraps a
+    The method also becomes gin-configurable as :func:`gin_name` (``name``). Gin wraps a
     generated subclass, not the class itself, so a subclass registered under another name
     (an ablation) has its own bindings and never inherits its parent's.
     """
 
     method_role = MethodRole(role, ablation_of, components)
 
-    def decorate(cls: type[MaskStrategy]) -> type[MaskStrategy]:
-        if not (isinstance(cls, type) and issubclass(cls, MaskStrategy)):
-            raise TypeError(f"register_strategy({name!r}) needs a MaskStrategy subclass")
+    def decorate(cls: type[Method]) -> type[Method]:
+        if not (isinstance(cls, type) and issubclass(cls, Method)):
+            raise TypeError(f"register_method({name!r}) needs a Method subclass")
+        _load_entry_points()  # built-ins first, whichever module is imported first
         if name in _REGISTRY:
+            if _same_source(_REGISTRY[name], cls):
+                return cls
             raise ValueError(
-                f"strategy name {name!r} is already registered by "
+                f"method name {name!r} is already registered by "
                 f"{_REGISTRY[name].__module__}.{_REGISTRY[name].__qualname__}"
             )
         cls.name = name
@@ -87,37 +119,47 @@ def register_strategy(name: str, *, role: str = "proposed", ablation_of: str | N
     return decorate
 
 
-def registered_strategies() -> dict[str, type[MaskStrategy]]:
-    import mtrl_bench.methods  # noqa: F401  (importing registers the built-in methods)
+def _load_entry_points() -> None:
+    """Import every module of the ``mtrl_bench.methods`` entry point group, once."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for entry in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        before = set(_REGISTRY)
+        entry.load()
+        _BUILT_IN.extend(n for n in _REGISTRY if n not in before)
 
-    # built-in methods first, in the order methods/__init__.py imports them (the order
-    # tables list methods in), then the others in the order they were registered
-    order = list(_REGISTRY)
-    return dict(sorted(_REGISTRY.items(), key=lambda item: (
-        not item[1].__module__.startswith("mtrl_bench.methods."), order.index(item[0]))))
+
+def registered_methods() -> dict[str, type[Method]]:
+    """Every registered method: those of the entry points first, in the order their modules
+    register them (the order tables list methods in), then the others as registered."""
+    _load_entry_points()
+    order = _BUILT_IN + [n for n in _REGISTRY if n not in _BUILT_IN]
+    return {name: _REGISTRY[name] for name in order}
 
 
 def method_role(name: str) -> MethodRole | None:
     """The registered role of method ``name`` (None for a name not registered here)."""
-    registered_strategies()
+    _load_entry_points()
     return _ROLES.get(name)
 
 
-def get_strategy_class(name: str) -> type[MaskStrategy]:
-    strategies = registered_strategies()
-    if name not in strategies:
-        raise UserError(f"unknown method {name!r}; valid: {', '.join(strategies)}")
-    return strategies[name]
+def get_method_class(name: str) -> type[Method]:
+    methods = registered_methods()
+    if name not in methods:
+        raise UserError(f"unknown method {name!r}; valid: {', '.join(methods)}")
+    return methods[name]
 
 
-def build_strategy(name: str, **overrides) -> MaskStrategy:
-    """An instance of strategy ``name`` with its gin bindings (``overrides`` win)."""
-    get_strategy_class(name)
+def build_method(name: str, **overrides) -> Method:
+    """An instance of method ``name`` with its gin bindings (``overrides`` win)."""
+    get_method_class(name)
     return _CONFIGURABLE[name](**overrides)
 
 
-def describe(cls: type[MaskStrategy]) -> str:
-    """First line of the strategy's docstring (what ``mtrl-bench methods`` prints)."""
+def describe(cls: type[Method]) -> str:
+    """First line of the method's docstring (what ``mtrl-bench methods`` prints)."""
     doc = (cls.__doc__ or "").strip()
     return doc.splitlines()[0] if doc else ""
 
@@ -133,11 +175,25 @@ class MaskUpdateContext:
     task_losses: torch.Tensor  # (N,) L_i on the same batch
     theta: torch.Tensor  # (P,) current shared maskable parameters (flat copy)
     segments: list[MaskSegment]  # where each parameter sits in a row
-    generator: torch.Generator  # the strategy's own RNG (checkpointed with the trainer)
+    generator: torch.Generator  # the method's own RNG (checkpointed with the trainer)
 
 
-class MaskStrategy:
-    """Base class: no masks at all (every task uses every parameter)."""
+@dataclass
+class GradientContext:
+    """One step's per-task gradients, for :meth:`Method.combine_gradients`."""
+
+    step: int  # trainer step (0-based) whose gradients these are
+    total_steps: int
+    task_grads: torch.Tensor  # (N, P) float32: dL_i/dθ over gradient_parameters, flattened
+    task_losses: torch.Tensor  # (N,) L_i
+    generator: torch.Generator  # the method's own RNG (checkpointed with the trainer)
+
+
+class Method:
+    """Base class: every task uses every parameter and the step follows the mean gradient.
+
+    Subclasses override the mask hooks, the gradient hook, or both (see the module doc).
+    """
 
     name: str = "base"
     #: model conditioning this method needs: "prompt" (Prompt-DT) or "task_id" (MTDT)
@@ -146,10 +202,14 @@ class MaskStrategy:
     #: error and they are not part of a run's identity (an ablation that switches a
     #: component off ignores that component's parameters)
     unused_parameters: dict[str, str] = {}
+    #: True: the trainer computes per-task gradients every step and steps on
+    #: :meth:`combine_gradients`; False: it steps on the mean gradient (one backward pass)
+    combines_gradients: bool = False
 
     def __init__(self, update_interval: int = 0):
         self.update_interval = update_interval
 
+    # ----------------------------------------------------------------- masks
     @property
     def uses_masks(self) -> bool:
         return False
@@ -162,17 +222,31 @@ class MaskStrategy:
         return None
 
     def wants_update(self, step: int) -> bool:
-        """Whether the trainer should capture per-task gradients and call update at ``step``."""
+        """Whether the trainer should capture per-task gradients and call
+        :meth:`update_masks` at ``step``."""
         return self.uses_masks and self.update_interval > 0 and step > 0 and (
             step % self.update_interval == 0
         )
 
-    def update(self, ctx: MaskUpdateContext) -> dict[str, object]:
+    def update_masks(self, ctx: MaskUpdateContext) -> dict[str, object]:
         """Edit ``ctx.masks`` in place; return metrics (scalars or per-task lists) to log."""
         return {}
 
+    # ----------------------------------------------------------------- gradients
+    def gradient_parameters(self, model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+        """The shared parameters :meth:`combine_gradients` acts on (default: all of them);
+        the others step on the mean gradient over tasks."""
+        return list(model.named_parameters())
+
+    def combine_gradients(self, ctx: GradientContext) -> torch.Tensor:
+        """(P,) the update direction from the (N, P) per-task gradients: here their mean
+        (what the loss mean_i L_i gives); called only with ``combines_gradients = True``,
+        after the backward pass and before clipping and the optimiser step."""
+        return ctx.task_grads.mean(dim=0)
+
+    # ----------------------------------------------------------------- state
     def state_dict(self) -> dict:
-        """Strategy state beyond the masks (which the trainer checkpoints itself)."""
+        """Method state beyond the masks (which the trainer checkpoints itself)."""
         return {}
 
     def load_state_dict(self, state: dict) -> None:
@@ -192,24 +266,6 @@ class MaskStrategy:
             "soft_share": (soft_count.float() / masks.shape[1]).tolist(),
             "mean_soft_value": [m if c else None for m, c in zip(means, soft_count.tolist())],
         }
-
-
-class ERKMaskStrategy(MaskStrategy):
-    """Base for methods that start from an independent random ERK mask per task at
-    ``initial_sparsity`` (HarmoDT, SoCo-DT)."""
-
-    initial_sparsity: float = 0.2
-
-    @property
-    def uses_masks(self) -> bool:
-        return True
-
-    def initial_masks(
-        self, num_tasks: int, segments: list[MaskSegment], theta: torch.Tensor,
-        generator: torch.Generator,
-    ) -> torch.Tensor:
-        return erk_random_masks(num_tasks, segments, self.initial_sparsity, generator,
-                                device=theta.device)
 
 
 #: signed log10 histogram of scores logged at mask updates: 10^LOW .. 10^HIGH in
