@@ -364,7 +364,9 @@ def _ablation_groups(grid: Grid) -> list[tuple[str, list[Row]]]:
     from mtrl_bench.method import method_role, registered_methods
 
     groups = []
-    for method in dict.fromkeys(r.method for r in grid.rows if r.role == "proposed"):
+    proposed = [r.method for r in grid.rows if r.role == "proposed"]
+    proposed += [r.ablation_of for r in grid.rows if r.role == "ablation"]
+    for method in dict.fromkeys(proposed):
         members = [r for r in grid.rows if r.role == "ablation" and r.ablation_of == method]
         present = {r.method for r in members}
         for name in registered_methods():
@@ -373,6 +375,10 @@ def _ablation_groups(grid: Grid) -> list[tuple[str, list[Row]]]:
                 members.append(Row(name, "", name, role.role, role.ablation_of, role.components))
         if members:
             own = [r for r in grid.rows if r.method == method]
+            if not own:  # ablations without their method: its row shows as missing
+                role = method_role(method)
+                own = [Row(method, "", method, "proposed", None,
+                           role.components if role else None)]
             groups.append((method, sorted(members, key=row_key) + own))
     return groups
 

@@ -434,3 +434,31 @@ def test_soft_masks_drop_entries_from_forward_and_scale_gradients():
     assert torch.equal(moved[0], pred[0])
     assert not torch.allclose(moved[1], pred[1])  # other tasks use some of those entries
 
+
+
+def test_random_masks_start_as_socodt_and_never_change(tmp_path):
+    """The control: the same initial masks as socodt for a seed, then no TAMU at all."""
+    from mtrl_bench.data import ensure_suite_dataset
+    from mtrl_bench.model import PromptDTConfig
+    from mtrl_bench.trainer import Trainer
+
+    data = ensure_suite_dataset(["reach-v3", "button-press-v3"], "near-optimal",
+                                data_dir=tmp_path, episodes=4, episode_length=30, workers=1,
+                                progress=False)
+    config = PromptDTConfig(n_layer=1, n_embd=16, n_head=2, n_inner=32, context_len=4,
+                            prompt_len=2)
+
+    def trainer(method):
+        return Trainer(data, build_method(method, update_interval=2), total_steps=9,
+                       batch_size=2, warmup_steps=1, device="cpu", seed=4, model_config=config,
+                       log_every=1000)
+
+    socodt, control = trainer("socodt"), trainer("random-masks")
+    assert torch.equal(socodt.masks.soft, control.masks.soft)
+    start = control.masks.soft.clone()
+    records = []
+    control.train(callback=records.append)
+    assert torch.equal(control.masks.soft, start)
+    masks = [r for r in records if r["kind"] == "mask"]
+    assert len(masks) == 4 and all(r["conflicted"] == [0, 0] == r["recovered"] for r in masks)
+    assert masks[-1]["sparsity"] == pytest.approx([0.2, 0.2], abs=1e-3)

@@ -180,6 +180,7 @@ def test_table4_per_task_iqm_and_long_csv(tables):
     assert row["mean_return"] == pytest.approx(returns.mean(axis=1).mean())
     assert row["std_return"] == pytest.approx(np.std(returns.mean(axis=1), ddof=1))
     assert table4.loc[(NEAR, "socodt-nomag"), "status"] == "missing"  # registered, no runs
+    assert table4.loc[(NEAR, "random-masks"), "components"] == "none (fixed random masks)"
     assert (NEAR, "promptdt") not in table4.index  # baselines are not ablations
 
     per_task = csv(out, "per_task").set_index(["column", "task", "row"])
