@@ -50,6 +50,11 @@ def main(argv: list[str] | None = None) -> int:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         print(f"mtrl-bench {args.command}: error: {message}", file=sys.stderr)
         return getattr(err, "exit_code", 2)
+    except OSError as err:  # read-only folder, full disk, a path under a file ...
+        where = f": {err.filename}" if err.filename else ""
+        print(f"mtrl-bench {args.command}: error: {err.strerror or err}{where}",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"mtrl-bench {args.command}: interrupted", file=sys.stderr)
         return 130

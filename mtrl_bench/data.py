@@ -48,6 +48,7 @@ import numpy as np
 
 from mtrl_bench import datagen
 from mtrl_bench.errors import DatasetError, UserError
+from mtrl_bench.io import fsync_path
 from mtrl_bench.suites import GOAL_SEED, MT50, NUM_GOALS, normalize_task_name, resolve_tasks
 
 QUALITIES = ("near-optimal", "sub-optimal")
@@ -114,7 +115,7 @@ def _check_quality(quality: str) -> str:
     return quality
 
 
-def _check_sizes(episodes: int | None, seed: int, episode_length: int) -> None:
+def check_sizes(episodes: int | None, seed: int, episode_length: int) -> None:
     if episodes is not None and episodes < 1:
         raise UserError(f"episodes must be at least 1, got {episodes}")
     if seed < 0:
@@ -275,7 +276,7 @@ def load_suite_dataset(tasks: list[str], quality: str, *, data_dir=None,
                        ) -> dict[str, TaskDataset]:
     """Load and validate every task's dataset; ``episodes=None`` takes the only size present."""
     _check_quality(quality)
-    _check_sizes(episodes, seed, episode_length)
+    check_sizes(episodes, seed, episode_length)
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
     datasets = {}
     for task in dict.fromkeys(normalize_task_name(t) for t in tasks):
@@ -318,6 +319,7 @@ def _write_atomic(path: Path, arrays: dict, meta: dict) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+        fsync_path(path.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -389,10 +391,32 @@ def check_size(tasks: list[str], episodes: int, episode_length: int, folder: Pat
 
 
 def _available_memory() -> int | None:
+    """Memory available for a new allocation (MemAvailable: free plus reclaimable cache)."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return None
+
+
+def check_data_dir(data_dir) -> Path:
+    """The data folder (default if None), refused at once if it cannot be one: a path
+    through a regular file, or an existing folder this process cannot read."""
+    folder = Path(data_dir) if data_dir is not None else default_data_dir()
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"data dir {folder} cannot be created: {probe} is not a folder")
+    if folder.exists() and not os.access(folder, os.R_OK | os.X_OK):
+        raise UserError(f"data dir {folder} cannot be read")
+    return folder
 
 
 def _gb(size: float) -> str:
@@ -419,7 +443,7 @@ def generate_suite_dataset(tasks: list[str], quality: str, *, data_dir=None, epi
     from tqdm import tqdm
 
     _check_quality(quality)
-    _check_sizes(episodes, seed, episode_length)
+    check_sizes(episodes, seed, episode_length)
     if workers is not None and workers < 1:
         raise UserError(f"workers must be at least 1, got {workers}")
     tasks = list(dict.fromkeys(normalize_task_name(t) for t in tasks))

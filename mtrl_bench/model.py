@@ -43,6 +43,12 @@ class PromptDTConfig:
     mask_layer_norms: bool = True  # layer norms inside blocks are maskable (HarmoDT)
 
     def __post_init__(self):
+        for name in ("state_dim", "act_dim", "n_layer", "n_embd", "n_head", "n_inner",
+                     "context_len", "prompt_len", "max_timestep", "num_tasks"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
         if self.conditioning not in ("prompt", "task_id"):

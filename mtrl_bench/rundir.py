@@ -16,6 +16,7 @@ import json
 import os
 import re
 import socket
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,12 +86,11 @@ class RunLock:
         self.took_over: str | None = None  # the dead holder this process replaced, if any
 
     def acquire(self) -> RunLock:
-        import fcntl
 
         self.path.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _flock_briefly_retrying(fd)
         except BlockingIOError:
             holder = _read_holder(fd)
             os.close(fd)
@@ -124,6 +124,21 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _flock_briefly_retrying(fd: int, tries: int = 5) -> None:
+    """Take the exclusive flock, retrying for ~0.1 s: :func:`lock_holder` takes a shared
+    lock for an instant to look, which must not turn a free directory away."""
+    import fcntl
+
+    for attempt in range(tries):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if attempt + 1 == tries:
+                raise
+            time.sleep(0.02)
 
 
 def _read_holder(fd: int, default: str = "another process") -> str:

@@ -15,10 +15,12 @@ import dataclasses
 import datetime
 import importlib
 import logging
+import os
 import platform
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from importlib import metadata
@@ -312,6 +314,8 @@ def plan_run(method: str, preset: str = "paper", gin_files=(), bindings=(),
 def _check_arguments(method: str, tasks: list[str], arguments: dict[str, dict]) -> None:
     """Everything checkable about the objects a run will build, checked before any data is
     generated or any step trained: the cheap ones are built and thrown away."""
+    from mtrl_bench.data import check_sizes
+    from mtrl_bench.datagen import ACTION_DIM, OBS_DIM
     from mtrl_bench.evaluation import Evaluator
     from mtrl_bench.method import build_method, gin_name
     from mtrl_bench.model import PromptDTConfig
@@ -319,11 +323,20 @@ def _check_arguments(method: str, tasks: list[str], arguments: dict[str, dict]) 
 
     Trainer.check_arguments(**arguments["Trainer"])
     Evaluator.check_arguments(tasks, **arguments["Evaluator"])
+    run, model = arguments["Run"], arguments["PromptDTConfig"]
+    check_sizes(run["episodes"], run["dataset_seed"], run["episode_length"])
+    if (model["state_dim"], model["act_dim"]) != (OBS_DIM, ACTION_DIM):
+        raise UserError(f"PromptDTConfig.state_dim/act_dim must be {OBS_DIM}/{ACTION_DIM} "
+                        "(Meta-World's observations and actions), got "
+                        f"{model['state_dim']}/{model['act_dim']}")
+    if run["episode_length"] < model["prompt_len"]:
+        raise UserError(f"Run.episode_length={run['episode_length']} is shorter than the "
+                        f"prompt (PromptDTConfig.prompt_len={model['prompt_len']})")
     for name, build in (("PromptDTConfig", lambda a: PromptDTConfig(**a)),
                         (gin_name(method), lambda a: build_method(method, **a))):
         try:
             build(arguments[name])
-        except (ValueError, TypeError) as err:
+        except (ValueError, TypeError, ArithmeticError) as err:
             message = str(err).split("In call to configurable")[0]
             raise UserError(f"{name}: {' '.join(message.split())}") from None
 
@@ -447,13 +460,16 @@ def run(method: str, preset: str = "paper", *, gin_files=(), bindings=(), flags=
     locked for the rest of the run, so no other process can write into it meanwhile, and
     the reuse/resume checks happen under that lock. An I/O error (read-only folder, full
     disk) becomes one line naming the path."""
+    from mtrl_bench.data import check_data_dir
+
     plan = plan_run(method, preset, gin_files, bindings, results, device, flags)
     path = plan.path
+    check_data_dir(data_dir)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_text("")
-        probe.unlink()
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", suffix=".tmp", dir=path)
+        os.close(fd)
+        os.unlink(probe)
     except OSError as err:
         raise UserError(f"cannot write the run directory {path}: {err.strerror}") from None
     try:
@@ -489,15 +505,18 @@ def _run_locked(plan: RunPlan, preset: str, data_dir, force: bool, wandb_mode,
         print(_summary(final["tasks"], final["final"], final["best"],
                        read_json(meta_path).get("wall_time_s", 0.0)))
         return path
-    if force:
-        for name in ("final.json", "episodes.json", "metrics.jsonl", "checkpoint.pt",
-                     "meta.json"):
+    if force:  # what marks the run resumable or finished goes first: a kill midway leaves
+        # a directory that starts over, never one that resumes without its records
+        for name in ("meta.json", "checkpoint.pt", "final.json", "episodes.json",
+                     "metrics.jsonl"):
             (path / name).unlink(missing_ok=True)
     meta = _read_meta(meta_path)
     if meta.get("status") == "diverged":
+        start = (f"its last good checkpoint (step {meta['checkpoint_step']})"
+                 if meta.get("checkpoint_step") else "the start (it has no good checkpoint)")
         raise Diverged(f"{path} diverged before ({meta.get('diverged', 'non-finite numbers')})"
-                       " and would again from its last checkpoint: change a setting (that is "
-                       "a new run) or pass --force to start it over")
+                       f" and would again from {start}: change a setting (that is a new run) "
+                       "or pass --force to start it over")
     started = time.perf_counter()
 
     datasets = ensure_suite_dataset(tasks, cfg.quality, data_dir=data_dir, episodes=cfg.episodes,
@@ -514,6 +533,9 @@ def _run_locked(plan: RunPlan, preset: str, data_dir, force: bool, wandb_mode,
     if checkpoint.exists():
         plan.check_reusable("the checkpoint of an unfinished run")
         trainer.load_checkpoint(checkpoint)
+        if trainer.step > 0 and not metrics.path.exists():
+            raise UserError(f"{path} has a checkpoint at step {trainer.step} but no "
+                            "metrics.jsonl: its records are lost; pass --force to start over")
         print(f"resuming {path} from step {trainer.step}/{total_steps}")
     metrics.truncate_after(trainer.step)
     meta.update({
@@ -556,6 +578,7 @@ def _run_locked(plan: RunPlan, preset: str, data_dir, force: bool, wandb_mode,
             trainer.train(boundary, on_metrics)
             bar.update(trainer.step - bar.n)
             if trainer.step % eval_every == 0 and trainer.step < total_steps:
+                trainer.check_weights_finite()
                 with _single_thread_on_cpu(trainer.device):
                     result = evaluator.evaluate(agent, num_goals=cfg.eval_goals)
                 record(result.metrics_record(trainer.step))
@@ -567,6 +590,7 @@ def _run_locked(plan: RunPlan, preset: str, data_dir, force: bool, wandb_mode,
         bar.close()
         if progress:
             print(f"final evaluation: {n} tasks x {cfg.final_eval_goals} goals")
+        trainer.check_weights_finite()
         with _single_thread_on_cpu(trainer.device):
             result = evaluator.evaluate(agent, num_goals=cfg.final_eval_goals,
                                         progress=progress)

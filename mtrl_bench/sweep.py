@@ -171,10 +171,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="after '--': extra arguments for every `mtrl-bench run`")
 
 
-def _prepare_datasets(plans: list[tuple]) -> None:
-    """Generate each missing dataset once here, before runs that share it start in parallel
-    (each would otherwise generate it with every core at the same time). ``plans``: (run
-    plan, its data dir) pairs."""
+def _prepare_datasets(plans: list[tuple], regenerate: bool = False) -> None:
+    """Generate each missing dataset (every one, with ``regenerate``) once here, before runs
+    that share it start in parallel (each would otherwise generate it with every core at the
+    same time). ``plans``: (run plan, its data dir) pairs."""
     from mtrl_bench.data import generate_suite_dataset
 
     done = set()
@@ -186,7 +186,7 @@ def _prepare_datasets(plans: list[tuple]) -> None:
             done.add(key)
             generate_suite_dataset(plan.tasks, cfg.quality, data_dir=data_dir,
                                    episodes=cfg.episodes, seed=cfg.dataset_seed,
-                                   episode_length=cfg.episode_length)
+                                   episode_length=cfg.episode_length, force=regenerate)
 
 
 def plan_sweep(specs: list[RunSpec]):
@@ -239,6 +239,12 @@ def plan_sweep(specs: list[RunSpec]):
 
 def run_command(args: argparse.Namespace) -> int:
     extra = [a for a in args.run_args if a != "--"]
+    # regenerated once, here, before the runs: not by every run of the sweep again
+    regenerate = "--regenerate-data" in extra
+    extra = [a for a in extra if a != "--regenerate-data"]
+    if regenerate and args.executor == "ray":
+        raise UserError("--regenerate-data with the ray executor: regenerate first with "
+                        "`mtrl-bench data ... --force`, then sweep")
     if args.results_dir:
         extra += ["--results-dir", args.results_dir]
     specs = build_grid(args.methods, args.suites, args.qualities, args.seeds, extra,
@@ -258,7 +264,7 @@ def run_command(args: argparse.Namespace) -> int:
         gpus = args.gpus_per_run if args.gpus_per_run is not None else float(bool(_visible_gpus()))
         codes = run_ray(todo, args.address, gpus)
     else:
-        _prepare_datasets([(plan, data_dir) for _, plan, data_dir in planned])
+        _prepare_datasets([(plan, data_dir) for _, plan, data_dir in planned], regenerate)
         codes = run_local(todo, args.parallel)
     locked += [f"{label}: locked when it was to start" for label, code in codes.items()
                if code == RunLocked.exit_code]

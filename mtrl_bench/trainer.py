@@ -44,6 +44,10 @@ from mtrl_bench.model import PromptDT, PromptDTConfig
 from mtrl_bench.sampling import TaskBatchSampler
 
 CHECKPOINT_FORMAT = 2
+#: far beyond any sensible value, yet small enough for float32 arithmetic (3.4e38)
+MAX_SCALAR = 1e30
+#: sequences per task per step: the batch of every task is held at once (HarmoDT uses 8)
+MAX_BATCH = 4096
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -166,8 +170,12 @@ class Trainer:
             if value < 1:
                 raise UserError(f"Trainer.{name} must be >= 1, got {value}")
         for name, value in (("learning_rate", learning_rate), ("grad_clip", grad_clip)):
-            if not value > 0 or not math.isfinite(value):
-                raise UserError(f"Trainer.{name} must be a positive number, got {value}")
+            if not 0 < value < MAX_SCALAR:
+                raise UserError(f"Trainer.{name} must be a positive number below "
+                                f"{MAX_SCALAR:g}, got {value}")
+        if batch_size > MAX_BATCH:
+            raise UserError(f"Trainer.batch_size (Run.batch_size) is {batch_size} sequences "
+                            f"per task; at most {MAX_BATCH} are supported (HarmoDT: 8)")
         if not weight_decay >= 0 or not math.isfinite(weight_decay):
             raise UserError(f"Trainer.weight_decay must be >= 0, got {weight_decay}")
 
@@ -299,6 +307,14 @@ class Trainer:
         self._first_nonfinite_tasks.copy_(torch.where(first, bad_tasks,
                                                       self._first_nonfinite_tasks))
 
+    def check_weights_finite(self) -> None:
+        """Raise :class:`Diverged` unless every weight is finite (one sync per parameter):
+        what an evaluation or a checkpoint needs, whatever the losses said."""
+        self.check_finite()
+        if not _all_finite(self.model.state_dict()):
+            raise Diverged(f"non-finite weights after step {self.step} (the losses and "
+                           "gradients were finite)")
+
     def check_finite(self) -> None:
         """Raise :class:`Diverged` if any step so far had a non-finite loss or gradient
         (one host-device sync; the runner calls it before every checkpoint)."""
@@ -338,8 +354,10 @@ class Trainer:
             raise ValueError(f"until_step={until} is past total_steps={self.total_steps}")
         while self.step < until:
             mask_metrics = self.train_step()
-            if callback is not None and mask_metrics is not None:
-                callback(mask_metrics)
+            if mask_metrics is not None:
+                self.check_finite()  # a mask update syncs anyway: no NaN reaches the log
+                if callback is not None:
+                    callback(mask_metrics)
             if self.step % self.log_every == 0:
                 self.check_finite()  # rides on the sync the loss read-back makes anyway
                 metrics = self._interval_metrics()
@@ -370,6 +388,8 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "masks": None if self.masks is None else self.masks.soft,
             "method_state": self.method.state_dict(), "rng": rng,
+            # the open log interval, so a resumed run's next loss record covers it whole
+            "log_interval": {"start": self._interval[0], "loss_sum": self._loss_sum.clone()},
         }
 
     def save_checkpoint(self, path: str | os.PathLike) -> None:
@@ -423,8 +443,8 @@ class Trainer:
             warnings.warn(f"checkpoint {path} was made on {state['device_type']}, not "
                           f"{self.device.type}: random streams restart, training continues "
                           "but not bit-for-bit", stacklevel=2)
-        self._loss_sum.zero_()
-        self._interval = (self.step, time.perf_counter())
+        self._loss_sum.copy_(state["log_interval"]["loss_sum"])
+        self._interval = (state["log_interval"]["start"], time.perf_counter())
 
     # ------------------------------------------------- reference (benchmark)
     def reference_step(self) -> float:

@@ -93,9 +93,17 @@ def test_a_diverging_run_stops_with_one_line_and_says_so_when_rerun(tmp_path, da
     assert not (path / "checkpoint.pt").exists()
     meta = json.loads((path / "meta.json").read_text())
     assert meta["status"] == "diverged" and "step 3" in meta["diverged"]
+
+    def no_constants(name):
+        raise AssertionError(f"metrics.jsonl holds {name}")
+
+    log = path / "metrics.jsonl"  # no NaN record is logged (here: none at all)
+    for line in (log.read_text().splitlines() if log.exists() else []):
+        json.loads(line, parse_constant=no_constants)
     again = subprocess.run(_command(results, data_dir, *args), capture_output=True, text=True,
                            timeout=240)
     assert again.returncode == 3 and "diverged before (training diverged at step 3" in \
+        again.stderr and "would again from the start (it has no good checkpoint)" in \
         again.stderr and "pass --force to start it over" in again.stderr
 
 
@@ -149,19 +157,20 @@ def test_kills_at_every_record_boundary_leave_no_duplicate_or_missing_records(tm
     final.json), then resume: metrics.jsonl and final.json equal an uninterrupted run's."""
     script = tmp_path / "killer.py"
     script.write_text(KILLER)
-    # log_every = checkpoint interval, so a resumed interval's mean loss covers the same steps
-    args = ["--method", "socodt", "--gin_binding", "Trainer.log_every = 5"]
+    # logs every 3 steps, checkpoints every 5: a resumed run's first loss record must still
+    # cover its whole interval (the open interval is in the checkpoint)
+    args = ["--method", "socodt", "--gin_binding", "Trainer.log_every = 3"]
     reference = tmp_path / "reference"
     subprocess.run(_command(reference, data_dir, *args), check=True, capture_output=True,
                    timeout=240)
-    expected_path = _path(reference, "socodt", "Trainer.log_every = 5")
+    expected_path = _path(reference, "socodt", "Trainer.log_every = 3")
     expected = _log(expected_path)
     expected_final = json.loads((expected_path / "final.json").read_text())["final"]
     kinds = {r["kind"] + ("@final" if r.get("num_goals") == 3 else "") for r in expected}
     assert kinds == {"train", "mask", "eval", "eval@final"}
     for point, count in KILL_POINTS:
         results = tmp_path / point
-        path = _path(results, "socodt", "Trainer.log_every = 5")
+        path = _path(results, "socodt", "Trainer.log_every = 3")
         command = _command(results, data_dir, *args)
         killed = subprocess.run([sys.executable, str(script), point, str(count), *command[3:]],
                                 capture_output=True, text=True, timeout=240)
@@ -218,11 +227,16 @@ def test_a_full_disk_is_one_line_naming_the_file(tmp_path, data_dir):
     (["--gin_binding", "Trainer.learning_rate = 'fast'"],
      "Trainer.learning_rate must be float, got 'fast'"),
     (["--gin_binding", "Trainer.learning_rate = -1e-4"],
-     "Trainer.learning_rate must be a positive number, got -0.0001"),
+     "Trainer.learning_rate must be a positive number below 1e+30, got -0.0001"),
     (["--gin_binding", "PromptDTConfig.n_head = 3"],
      "PromptDTConfig: n_embd=32 is not divisible by n_head=3"),
     (["--gin_binding", "Run.eval_goals = 99"], "num_goals=99 is out of range 1..50"),
     (["--gin_binding", "SOCODT_Q1 = 0.99"], "socodt: need 0 <= q1 < q3 <= 1"),
+    (["--gin_binding", "PromptDTConfig.n_head = 0"], "PromptDTConfig: n_head must be >= 1"),
+    (["--gin_binding", "PromptDTConfig.dropout = 2.0"], "dropout must be in [0, 1)"),
+    (["--gin_binding", "Run.episode_length = 2"], "Run.episode_length=2 is shorter than"),
+    (["--gin_binding", "Trainer.learning_rate = 1e39"], "positive number below 1e+30"),
+    (["--gin_binding", "Run.batch_size = 100000000"], "at most 4096 are supported"),
     (["--seed", "-1"], "Run.seed must be >= 0, got -1"),
 ])
 def test_bad_input_is_refused_before_any_work(tmp_path, capsys, args, message):
@@ -234,10 +248,29 @@ def test_bad_input_is_refused_before_any_work(tmp_path, capsys, args, message):
     assert not data.exists() and not results.exists()  # nothing generated, nothing written
 
 
-def test_an_unusable_data_dir_is_one_line(tmp_path, capsys):
+def test_an_unusable_data_dir_is_one_line_before_anything_is_written(tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     code = main(["run", "--method", "promptdt", *TINY, "--results-dir", str(tmp_path / "r"),
                  "--data-dir", str(blocker / "data")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and str(blocker) in err, err
+    assert not (tmp_path / "r").exists()
+    code = main(["data", "--suite", "mt5", "--quality", "near-optimal", "--data-dir",
+                 str(blocker / "data")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and str(blocker) in err, err
+
+
+def test_a_checkpoint_without_its_log_is_not_resumed(tmp_path, data_dir):
+    """As after a --force interrupted midway by an older version: records are gone, so the
+    run must start over rather than finish with a log that lacks them."""
+    results = tmp_path / "results"
+    command = _command(results, data_dir, "--method", "promptdt")
+    subprocess.run(command, check=True, capture_output=True, timeout=240)
+    path = _path(results, "promptdt")
+    for name in ("final.json", "episodes.json", "metrics.jsonl"):
+        (path / name).unlink()
+    again = subprocess.run(command, capture_output=True, text=True, timeout=240)
+    assert again.returncode == 2 and "has a checkpoint at step 20 but no metrics.jsonl" in \
+        again.stderr

@@ -130,3 +130,21 @@ def test_sweep_rejects_bad_grids_before_running_anything(tmp_path, capsys, flag,
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_sweep_regenerates_damaged_data_once_before_its_runs(tmp_path, capsys):
+    data = tmp_path / "data"
+    assert main(["data", "--suite", "random-2:0", "--quality", "near-optimal", "--episodes",
+                 "6", "--episode-length", "60", "--workers", "1", "--data-dir", str(data),
+                 "--no-progress"]) == 0
+    damaged = sorted((data / "near-optimal").glob("*.npz"))[0]
+    damaged.write_bytes(b"not a dataset")
+    argv = ["sweep", "--methods", "promptdt", "--suites", "random-2:0", "--results-dir",
+            str(tmp_path / "results"), "--", "--preset", "tiny", "--data-dir", str(data),
+            "--no-progress"]
+    assert main(argv) == 2  # refused before any run starts, naming the file
+    assert f"{damaged}: truncated or corrupt" in capsys.readouterr().err
+    assert main([*argv, "--regenerate-data"]) == 0
+    err = capsys.readouterr().err
+    assert err.count(f"regenerating {damaged.name.split('__')[0]} (asked for)") == 1
+    assert err.count("generating 2 near-optimal task dataset(s)") == 1  # once, by the sweep

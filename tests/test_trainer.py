@@ -257,3 +257,14 @@ def test_mask_records_carry_the_steps_completed(datasets):
     records = []
     trainer.train(None, records.append)
     assert [r["step"] for r in records if r["kind"] == "mask"] == [6, 11]
+
+
+def test_weights_are_checked_before_they_are_used(datasets):
+    from mtrl_bench.errors import Diverged
+
+    trainer = _trainer(datasets, "promptdt", total_steps=5, warmup_steps=1)
+    trainer.check_weights_finite()
+    with torch.no_grad():
+        trainer.model.predict_action.weight[0, 0] = float("inf")
+    with pytest.raises(Diverged, match="non-finite weights after step 0"):
+        trainer.check_weights_finite()
