@@ -7,7 +7,8 @@ onto the normal plane of every task gradient g_j it conflicts with:
 
 always against the original g_j (Algorithm 1 of the paper), and the step follows the mean
 of the projected gradients (the mean, not the paper's sum, because every method here steps
-on the mean over tasks; the two differ by the factor N that AdamW's normalisation absorbs).
+on the mean over tasks; they differ by the factor N, which AdamW's normalisation mostly
+absorbs, though the 0.25 gradient-norm clip before it sees the mean's smaller norm).
 
 Each g_i' stays a combination of the original gradients, g_i' = g_i − Σ_j C_ij g_j, so the
 projections run on the N x N Gram matrix G = g gᵀ in float64 on the host, and the result
@@ -37,6 +38,14 @@ def pcgrad_coefficients(gram: np.ndarray, orders: list[list[int]]) -> np.ndarray
     return coefficients
 
 
+def task_orders(n: int, generator: torch.Generator) -> list[list[int]]:
+    """Per task i, a uniformly random order of the other tasks: one draw of N x (N-1) keys
+    on the generator's device and one copy to the host (not one sync per task)."""
+    keys = torch.rand((n, max(n - 1, 0)), generator=generator, device=generator.device)
+    ranks = keys.argsort(dim=1).tolist()
+    return [[j if j < i else j + 1 for j in row] for i, row in enumerate(ranks)]
+
+
 @register_method("pcgrad", role="baseline")
 class PCGrad(Method):
     """PCGrad: project each task gradient off the ones it conflicts with (Yu et al. 2020)."""
@@ -47,12 +56,7 @@ class PCGrad(Method):
         grads = ctx.task_grads
         n = grads.shape[0]
         gram = (grads @ grads.T).double().cpu().numpy()
-        orders = []
-        for i in range(n):
-            perm = torch.randperm(n - 1, generator=ctx.generator,
-                                  device=ctx.generator.device).tolist()
-            others = [j for j in range(n) if j != i]
-            orders.append([others[k] for k in perm])
+        orders = task_orders(n, ctx.generator)
         coefficients = pcgrad_coefficients(gram, orders)
         # mean_i g_i' = (1/N) Σ_i (g_i − Σ_j C_ij g_j) = ((1 − colsum C) / N) · g
         weights = (1.0 - coefficients.sum(axis=0)) / n

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -49,6 +50,7 @@ import numpy as np
 from mtrl_bench import datagen
 from mtrl_bench.errors import DatasetError, UserError
 from mtrl_bench.io import fsync_path
+from mtrl_bench.prompts import DEFAULT_NUM_DEMONSTRATIONS, demonstration_indices
 from mtrl_bench.suites import GOAL_SEED, MT50, NUM_GOALS, normalize_task_name, resolve_tasks
 
 QUALITIES = ("near-optimal", "sub-optimal")
@@ -75,10 +77,30 @@ class TaskDataset:
     epsilon: np.ndarray  # (E,) float32 (NaN: unknown, HarmoDT data)
     sigma: np.ndarray  # (E,) float32 (NaN: unknown, HarmoDT data)
     meta: dict = field(default_factory=dict)
+    #: the last ``prompt_episodes`` episodes are held-out demonstrations: prompts only, never
+    #: trained on (HarmoDT keeps 2 per task); 0: demonstrations are chosen among all episodes
+    prompt_episodes: int = 0
 
     @property
     def num_episodes(self) -> int:
         return int(self.observations.shape[0])
+
+    def training(self) -> TaskDataset:
+        """The episodes that are trained on (all but the held-out prompt episodes)."""
+        if not self.prompt_episodes:
+            return self
+        keep = slice(0, self.num_episodes - self.prompt_episodes)
+        return TaskDataset(self.task, self.observations[keep], self.actions[keep],
+                           self.rewards[keep], self.successes[keep], self.goal_index[keep],
+                           self.epsilon[keep], self.sigma[keep], self.meta)
+
+    def demonstration_indices(self, count: int = DEFAULT_NUM_DEMONSTRATIONS) -> np.ndarray:
+        """Episodes prompts come from, best first: the held-out ones (by return) when there
+        are any, else the best successful episodes (:func:`prompts.demonstration_indices`)."""
+        if self.prompt_episodes:
+            held_out = np.arange(self.num_episodes - self.prompt_episodes, self.num_episodes)
+            return held_out[np.argsort(-self.returns[held_out], kind="stable")][:count]
+        return demonstration_indices(self.returns, self.episode_success, count)
 
     @property
     def episode_length(self) -> int:
@@ -513,8 +535,16 @@ def _harmodt_task_dir(root: Path, task: str) -> Path:
     return dirs[0]
 
 
-def _load_harmodt_task(folder: Path, task: str) -> TaskDataset:
-    files = sorted((p for p in folder.glob("*.npz") if p.stem.isdigit()), key=lambda p: int(p.stem))
+def _episode_files(folder: Path) -> list[Path]:
+    """``<i>.npz`` files of a HarmoDT task folder, by episode index."""
+    return sorted((p for p in folder.glob("*.npz") if p.stem.isdigit()), key=lambda p: int(p.stem))
+
+
+def _load_harmodt_task(folder: Path, task: str, files: list[Path] | None = None,
+                       prompt_episodes: int = 0) -> TaskDataset:
+    """Episodes of one task (``files``, default all of ``folder``); the last
+    ``prompt_episodes`` of them are held-out demonstrations."""
+    files = _episode_files(folder) if files is None else files
     if not files:
         raise DatasetError(f"{folder}: no episode files <i>.npz")
     episodes = {name: [] for name in ("observations", "actions", "rewards", "successes")}
@@ -553,11 +583,11 @@ def _load_harmodt_task(folder: Path, task: str) -> TaskDataset:
                   sigma=np.full(count, np.nan, np.float32))
     _validate(arrays, count, length, folder, generated=False)
     meta = dict(format="harmodt", root=str(folder.parent), task_dir=folder.name, files=count,
-                success_known=success_known,
+                first_file=files[0].name, last_file=files[-1].name, success_known=success_known,
                 successes="from the files' 'success' arrays" if success_known else
                 "unknown: the HarmoDT layout has no success flags; all set to False",
                 goal_index="unknown (-1)", epsilon="unknown (NaN)", sigma="unknown (NaN)")
-    return TaskDataset(task=task, meta=meta, **arrays)
+    return TaskDataset(task=task, meta=meta, prompt_episodes=prompt_episodes, **arrays)
 
 
 def harmodt_tasks(root) -> list[str]:
@@ -578,6 +608,137 @@ def load_harmodt_dataset(root, tasks: list[str]) -> dict[str, TaskDataset]:
     for task in dict.fromkeys(normalize_task_name(t) for t in tasks):
         datasets[task] = _load_harmodt_task(_harmodt_task_dir(root, task), task)
     return datasets
+
+
+#: HarmoDT keeps episodes 1998-1999 of each task's 2000 as prompts, out of training
+HARMODT_PROMPT_EPISODES = 2
+#: HarmoDT's evaluation return-to-go target, the same for every task
+HARMODT_TARGET_RETURN = 4500.0
+DATA_SOURCES = "generated, or harmodt:DIR (the HarmoDT/MTDiff layout)"
+
+
+def external_root(source: str) -> Path | None:
+    """None for generated data, the folder for ``harmodt:DIR``; anything else is refused."""
+    if source == "generated":
+        return None
+    kind, sep, folder = source.partition(":")
+    if kind != "harmodt" or not sep or not folder:
+        raise UserError(f"unknown data source {source!r}; valid: {DATA_SOURCES}")
+    return Path(folder).expanduser().resolve()
+
+
+@dataclass(frozen=True)
+class ExternalSuite:
+    """Which files of a HarmoDT-layout folder a run trains on, per task."""
+
+    root: Path
+    quality: str
+    split: str  # how the quality was found: "folders", "whole buffer" or "first half"
+    prompt_episodes: int
+    files: dict  # task -> (training episode files, prompt episode files)
+
+    def identity(self) -> dict:
+        """What the run's identity records of its data: source, folder, split, episode
+        counts and a hash of the content of every file read."""
+        every = [p for train, prompts in self.files.values() for p in [*train, *prompts]]
+        return {"source": "harmodt", "root": str(self.root), "split": self.split,
+                "prompt_episodes": self.prompt_episodes,
+                "episodes": {t: len(train) for t, (train, _) in self.files.items()},
+                "fingerprint": fingerprint(every, self.root)}
+
+    def load(self) -> dict[str, TaskDataset]:
+        out = {}
+        for task, (train, prompts) in self.files.items():
+            out[task] = _load_harmodt_task(train[0].parent, task, [*train, *prompts],
+                                           prompt_episodes=len(prompts))
+            out[task].meta.update(split=self.split, quality=self.quality)
+        return out
+
+
+def plan_external_suite(root: Path, tasks: list[str], quality: str,
+                        prompt_episodes: int = HARMODT_PROMPT_EPISODES,
+                        strict: bool = True) -> ExternalSuite:
+    """Resolve a HarmoDT/MTDiff-layout folder for a suite and quality, reading no episode.
+
+    Layouts: ``<root>/<quality>/<task>/<i>.npz`` (one folder per quality; prompts from the
+    near-optimal folder), or one buffer ``<root>/<task>/<i>.npz`` of which near-optimal is
+    every episode and sub-optimal the first half (the paper's sub-optimal data is the first
+    half of each replay buffer). The last ``prompt_episodes`` episodes of the near-optimal
+    buffer are prompts and never trained on. Task folders may be named ``-v2`` or ``-v3``.
+    With ``strict=False`` (``data --check``) a task with too few episodes for prompts is
+    kept whole, without prompts, instead of being an error.
+    """
+    _check_quality(quality)
+    if not root.is_dir():
+        raise DatasetError(f"HarmoDT data folder {root} does not exist")
+    if (root / quality).is_dir():
+        base, split = root / quality, "folders"
+        prompt_base = root / "near-optimal" if (root / "near-optimal").is_dir() else base
+    elif any((root / q).is_dir() for q in QUALITIES):
+        raise DatasetError(f"{root} has quality folders but no {quality}/")
+    else:
+        base = prompt_base = root
+        split = "whole buffer" if quality == "near-optimal" else "first half"
+    missing, files = [], {}
+    for task in tasks:
+        try:
+            folder, prompt_folder = _harmodt_task_dir(base, task), _harmodt_task_dir(
+                prompt_base, task)
+        except DatasetError:
+            missing.append(task)
+            continue
+        episodes, pool = _episode_files(folder), _episode_files(prompt_folder)
+        held_out = prompt_episodes
+        if len(pool) <= prompt_episodes:
+            if strict:
+                raise DatasetError(f"{prompt_folder}: {len(pool)} episode files, need more "
+                                   f"than {prompt_episodes} (the last {prompt_episodes} are "
+                                   "prompts)")
+            held_out = 0
+        prompts = pool[-held_out:] if held_out else []
+        train = [p for p in episodes if p not in prompts]
+        if split == "first half":
+            train = episodes[: len(episodes) // 2]
+        if not train:
+            if strict:
+                raise DatasetError(f"{folder}: no episode to train on ({len(episodes)} "
+                                   f"files, {quality} by the {split})")
+            train = episodes
+        files[task] = (train, prompts)
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise DatasetError(f"{base} lacks {len(missing)} task(s) of the suite: "
+                           f"{', '.join(missing[:3])}{more} (folders <task>-v2 or <task>-v3)")
+    return ExternalSuite(root, quality, split, prompt_episodes, files)
+
+
+def fingerprint(paths: list[Path], root: Path) -> str:
+    """SHA-256 over the names (relative to ``root``) and contents of ``paths``. Each file's
+    hash is cached by (path, size, mtime), so a folder is read in full once, not every time
+    a run or sweep is planned; a changed file has another size or mtime and is hashed again."""
+    cache_path = Path.home() / ".cache" / "mtrl-bench" / "file-hashes.json"
+    try:
+        cache = json.loads(cache_path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    total, changed = hashlib.sha256(), False
+    for path in sorted(paths):
+        stat = path.stat()
+        key = str(path)
+        entry = cache.get(key)
+        if not entry or entry[:2] != [stat.st_size, stat.st_mtime_ns]:
+            entry = [stat.st_size, stat.st_mtime_ns,
+                     hashlib.sha256(path.read_bytes()).hexdigest()]
+            cache[key], changed = entry, True
+        total.update(f"{path.relative_to(root)}\0{entry[2]}\n".encode())
+    if changed:
+        try:
+            from mtrl_bench.io import atomic_write_text
+
+            atomic_write_text(cache_path, json.dumps(cache))
+        except OSError:
+            pass  # an unwritable cache only costs time
+    return total.hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------- command line
@@ -694,10 +855,23 @@ def _check_generated(args: argparse.Namespace, data_dir: Path) -> list[dict]:
 def run_command(args: argparse.Namespace) -> int:
     data_dir = args.data_dir if args.data_dir is not None else default_data_dir()
     if args.harmodt_root is not None:
+        root = Path(args.harmodt_root).expanduser().resolve()
+        layout = [q for q in QUALITIES if (root / q).is_dir()]
         tasks = (resolve_tasks(args.suite, args.tasks) if args.suite or args.tasks
-                 else harmodt_tasks(args.harmodt_root))
-        datasets = load_harmodt_dataset(args.harmodt_root, tasks)
-        _print_table([_summary_row("harmodt", ds, "-") for ds in datasets.values()])
+                 else harmodt_tasks(root / layout[0] if layout else root))
+        rows = []
+        for quality in [args.quality] if args.quality else list(QUALITIES):
+            suite = plan_external_suite(root, tasks, _check_quality(quality), strict=False)
+            for ds in suite.load().values():
+                held_out = ds.returns[ds.num_episodes - ds.prompt_episodes:]
+                rows.append({**_summary_row(f"{quality} ({suite.split})", ds.training(), "-"),
+                             "prompts": ds.prompt_episodes,
+                             "prompt return": float(held_out.mean()) if held_out.size
+                             else "n/a (too few episodes for run)"})
+        print(f"HarmoDT-layout data: {root} (what `run --data harmodt:{root}` trains on; the "
+              f"last {HARMODT_PROMPT_EPISODES} episodes of each near-optimal buffer are "
+              "prompts, not trained on)")
+        _print_table(rows)
         return 0
     if args.check:
         print(f"data dir: {data_dir}")

@@ -165,7 +165,7 @@ class DecisionTransformerAgent:
         """
         from mtrl_bench.prompts import evaluation_prompt, state_normalizer
 
-        stats = [state_normalizer(datasets[t].observations) for t in tasks]
+        stats = [state_normalizer(datasets[t].training().observations) for t in tasks]
         if target_returns is None:
             targets = [float(datasets[t].returns.max()) for t in tasks]
         elif isinstance(target_returns, Mapping):

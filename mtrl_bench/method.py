@@ -27,6 +27,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
 
 import gin
 import torch
@@ -70,13 +71,17 @@ def gin_name(name: str) -> str:
 
 
 def _same_source(a: type, b: type) -> bool:
-    """The same class from the same file, imported twice under two module names (e.g.
-    ``methods.socodt`` from the repository root and the installed ``mtrl_bench.methods``)."""
+    """The same class from the same source imported twice under two module names (e.g.
+    ``methods.socodt`` from the repository root and the installed ``mtrl_bench.methods``,
+    possibly of another checkout): same module file name, class name and file content."""
     try:
-        return a.__qualname__ == b.__qualname__ and (
-            inspect.getsourcefile(a) == inspect.getsourcefile(b))
-    except TypeError:
+        files = [inspect.getsourcefile(cls) for cls in (a, b)]
+        if a.__qualname__ != b.__qualname__ or None in files:
+            return False
+        texts = [Path(f).read_bytes() for f in files]
+    except (TypeError, OSError):
         return False
+    return Path(files[0]).name == Path(files[1]).name and texts[0] == texts[1]
 
 
 def register_method(name: str, *, role: str = "proposed", ablation_of: str | None = None,
@@ -125,10 +130,20 @@ def _load_entry_points() -> None:
     if _loaded:
         return
     _loaded = True
-    for entry in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+    entries = sorted(metadata.entry_points(group=ENTRY_POINT_GROUP),
+                     key=lambda e: (e.name != "builtin", e.name))  # the built-ins first
+    if not entries:
+        raise UserError(f"no methods found: the {ENTRY_POINT_GROUP} entry points are missing "
+                        "(an install older than them?); reinstall: pip install -e .")
+    for entry in entries:
         before = set(_REGISTRY)
-        entry.load()
-        _BUILT_IN.extend(n for n in _REGISTRY if n not in before)
+        try:
+            entry.load()
+        except Exception as err:  # one broken plugin must not hide the others
+            raise UserError(f"cannot load the methods of entry point {entry.name!r} "
+                            f"({entry.value}): {type(err).__name__}: {err}") from err
+        finally:
+            _BUILT_IN.extend(n for n in _REGISTRY if n not in before and n not in _BUILT_IN)
 
 
 def registered_methods() -> dict[str, type[Method]]:
@@ -171,7 +186,8 @@ class MaskUpdateContext:
     step: int  # trainer step at which the update happens
     total_steps: int  # training horizon T
     masks: torch.Tensor  # (N, P) float32, edited in place
-    task_grads: torch.Tensor  # (N, P) g_i = dL_i/dW_i w.r.t. task i's effective weights
+    task_grads: torch.Tensor | None  # (N, P) g_i = dL_i/dW_i w.r.t. task i's effective
+    # weights (None for a method with mask_update_needs_gradients = False)
     task_losses: torch.Tensor  # (N,) L_i on the same batch
     theta: torch.Tensor  # (P,) current shared maskable parameters (flat copy)
     segments: list[MaskSegment]  # where each parameter sits in a row
@@ -205,6 +221,9 @@ class Method:
     #: True: the trainer computes per-task gradients every step and steps on
     #: :meth:`combine_gradients`; False: it steps on the mean gradient (one backward pass)
     combines_gradients: bool = False
+    #: False: :meth:`update_masks` does not read ``ctx.task_grads`` (then None), so the
+    #: update step captures none
+    mask_update_needs_gradients: bool = True
 
     def __init__(self, update_interval: int = 0):
         self.update_interval = update_interval

@@ -14,6 +14,7 @@ replaces the prompt by one learned task-ID token.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -89,6 +90,10 @@ class MaskableLayerNorm(nn.LayerNorm):
 class Block(nn.Module):
     """Pre-LN GPT-2 block (causal self-attention + ReLU MLP) with maskable parameters."""
 
+    #: attention written out op by op instead of the fused kernel (see
+    #: :meth:`PromptDT.explicit_attention`)
+    explicit_attention = False
+
     def __init__(self, cfg: PromptDTConfig):
         super().__init__()
         self.n_head = cfg.n_head
@@ -106,10 +111,14 @@ class Block(nn.Module):
         n, b, length, d = x.shape
         qkv = self.attn_qkv(self.ln_1(x, masks), masks)
         q, k, v = qkv.view(n * b, length, 3, self.n_head, d // self.n_head).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_bias.to(q.dtype),
-            dropout_p=self.dropout if self.training else 0.0,
-        )
+        dropout = self.dropout if self.training else 0.0
+        if self.explicit_attention:  # the same maths, op by op (torch.func.vmap needs it)
+            scores = q @ k.transpose(-2, -1) * (q.shape[-1] ** -0.5) + attn_bias.to(q.dtype)
+            weights = F.dropout(torch.softmax(scores, dim=-1), dropout, self.training)
+            y = weights.to(v.dtype) @ v
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias.to(q.dtype),
+                                               dropout_p=dropout)
         y = y.transpose(1, 2).reshape(n, b, length, d)
         x = x + self.resid_drop(self.attn_proj(y, masks))
         h = F.relu(self.mlp_fc(self.ln_2(x, masks), masks))
@@ -170,6 +179,18 @@ class PromptDT(nn.Module):
                 module.seg_weight = index[f"{name}.weight"]
                 module.seg_bias = index[f"{name}.bias"]
         return build_segments(named)
+
+    @contextlib.contextmanager
+    def explicit_attention(self):
+        """Attention op by op while inside: the fused kernel (scaled_dot_product_attention)
+        has no torch.func.vmap rule with dropout under bf16 autocast."""
+        for block in self.blocks:
+            block.explicit_attention = True
+        try:
+            yield
+        finally:
+            for block in self.blocks:
+                block.explicit_attention = False
 
     @property
     def num_maskable(self) -> int:

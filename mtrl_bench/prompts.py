@@ -1,9 +1,10 @@
 """Per-task conditioning data shared by training and evaluation: prompts and normalisers.
 
 Prompt-DT conditions on a K'-step segment of a demonstration of the same task. HarmoDT
-keeps two dedicated expert episodes per task for this; generated datasets have no such
-split, so the demonstrations are the task's highest-return *successful* episodes (falling
-back to the highest-return episodes if fewer succeeded). Training samples random K'-step
+keeps two dedicated expert episodes per task for this (held out of training: a dataset's
+``prompt_episodes``); generated datasets have no such split, so the demonstrations are the
+task's highest-return *successful* episodes (falling back to the highest-return episodes
+if fewer succeeded). Training samples random K'-step
 segments of them, as Prompt-DT does; evaluation uses one fixed segment (the K' steps
 ending at the best demonstration's first success, i.e. the part that shows the task being
 solved) so that evaluation is deterministic.
@@ -30,7 +31,7 @@ def returns_to_go(rewards: np.ndarray) -> np.ndarray:
 
 def evaluation_prompt(dataset, prompt_len: int) -> dict[str, np.ndarray]:
     """The fixed K'-step prompt of a task (unscaled returns-to-go, raw states)."""
-    best = demonstration_indices(dataset.returns, dataset.episode_success, 1)[0]
+    best = dataset.demonstration_indices(1)[0]
     successes = dataset.successes[best]
     length = dataset.episode_length
     end = int(np.argmax(successes)) + 1 if successes.any() else length

@@ -351,17 +351,19 @@ def group_cells(runs: list[RunRecord]) -> tuple[list[Cell], list[tuple[RunRecord
     protocols: dict[tuple[str, str], dict[str, list[RunRecord]]] = {}
     variants: dict[str, dict[str, list[RunRecord]]] = {}
     for run in usable:
-        protocols.setdefault((run.suite, run.quality), {}).setdefault(
+        source = run.identity["protocol"].get("dataset.source", "generated")
+        protocols.setdefault((run.suite, run.quality, source), {}).setdefault(
             protocol_id(run.identity), []).append(run)
         variants.setdefault(run.method, {}).setdefault(variant_id(run.identity), []).append(run)
 
     columns: dict[str, Column] = {}
-    for (suite, quality), groups in protocols.items():
+    for (suite, quality, source), groups in protocols.items():
         main = _majority(groups, key=lambda g: g)
         base = groups[main][0].identity["protocol"]
         ordered = [main] + sorted(g for g in groups if g != main)
         for index, group in enumerate(ordered):
-            label = f"{suite_label(suite)} {quality}"
+            label = f"{suite_label(suite)} {quality}" + (
+                "" if source == "generated" else f" ({source} data)")
             note = ""
             if len(ordered) > 1:
                 label += f" [{index + 1}]"

@@ -15,6 +15,7 @@ import dataclasses
 import datetime
 import importlib
 import logging
+import math
 import os
 import platform
 import re
@@ -58,9 +59,15 @@ class RunConfig:
     suite: str = "mt5"
     quality: str = "near-optimal"
     seed: int = 0
-    episodes: int = 2000  # dataset episodes per task (near-optimal ladder length)
-    episode_length: int = 500
-    dataset_seed: int = 0
+    #: "generated" (from Meta-World's scripted experts) or "harmodt:DIR" (the paper's own
+    #: data in the HarmoDT/MTDiff layout; --data on the command line)
+    data: str = "generated"
+    episodes: int = 2000  # generated data: episodes per task (near-optimal ladder length)
+    episode_length: int = 500  # generated data: steps per episode
+    dataset_seed: int = 0  # generated data: generation seed
+    #: the evaluation return-to-go target: "dataset-best" (each task's best return in its
+    #: data), "harmodt" (HarmoDT's 4500 for every task) or a number, e.g. "3000"
+    eval_target_return: str = "dataset-best"
     budget_sequences: int = 8_000_000  # HarmoDT: 1M iterations x 8 sequences
     batch_size: int = 8  # sequences per task per step
     warmup_sequences: int = 80_000  # HarmoDT: 10k iterations x 8
@@ -214,9 +221,16 @@ def _unused(method: str) -> dict[str, dict[str, str]]:
 def check_bindings_take_effect(method: str, before: dict[str, str],
                                after: dict[str, str]) -> None:
     """A binding the user added that this run would ignore is an error, not a no-op."""
+    from mtrl_bench.data import external_root
+
     built = {name: {p.name for p in parameters(cls)}
              for name, cls in _built_objects(method).items()}
-    problems = ineffective_bindings(before, after, built, _runner_set(method), _unused(method))
+    unused = _unused(method)
+    data = gin.get_bindings("Run").get("data", RunConfig.data)
+    if isinstance(data, str) and data != "generated" and external_root(data) is not None:
+        unused["Run"] = {field: f"it describes generated data; this run reads {data}"
+                         for field in GENERATED_ONLY}
+    problems = ineffective_bindings(before, after, built, _runner_set(method), unused)
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise UserError(problems[0] + more)
@@ -232,6 +246,29 @@ def _check_run_config(cfg: RunConfig) -> None:
             raise UserError(f"Run.{f.name} must be >= 0, got {value}")
         if expected is int and not f.name.endswith("seed") and value < 1:
             raise UserError(f"Run.{f.name} must be >= 1, got {value}")
+    target_return(cfg.eval_target_return)
+
+
+#: Run fields that only describe generated data: bound with external data they do nothing
+GENERATED_ONLY = ("episodes", "episode_length", "dataset_seed")
+
+
+def target_return(text: str) -> float | None:
+    """Run.eval_target_return as the agent takes it: None = each task's best data return."""
+    from mtrl_bench.data import HARMODT_TARGET_RETURN
+
+    if text == "dataset-best":
+        return None
+    if text == "harmodt":
+        return HARMODT_TARGET_RETURN
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise UserError(f"Run.eval_target_return must be 'dataset-best', 'harmodt' or a "
+                        f"positive number, got {text!r}")
+    return value
 
 
 @dataclass
@@ -245,6 +282,7 @@ class RunPlan:
     arguments: dict[str, dict]  # gin name -> resolved keyword arguments
     identity: dict  # see mtrl_bench.identity
     path: Path
+    external: object | None = None  # data.ExternalSuite when the data are not generated
 
     @property
     def cell(self) -> str:
@@ -270,7 +308,12 @@ def plan_run(method: str, preset: str = "paper", gin_files=(), bindings=(),
              results=None, device: str = "auto", flags: dict | None = None) -> RunPlan:
     """Parse the configuration of one run and resolve every argument of every object it
     will build (gin is global: one run per process)."""
-    from mtrl_bench.data import GENERATOR_VERSION, QUALITIES
+    from mtrl_bench.data import (
+        GENERATOR_VERSION,
+        QUALITIES,
+        external_root,
+        plan_external_suite,
+    )
     from mtrl_bench.method import get_method_class, gin_name
     from mtrl_bench.suites import canonical_suite_name, resolve_suite
     from mtrl_bench.trainer import resolve_device
@@ -281,6 +324,9 @@ def plan_run(method: str, preset: str = "paper", gin_files=(), bindings=(),
     _check_run_config(cfg)
     tasks = resolve_suite(cfg.suite)
     cfg.suite = canonical_suite_name(cfg.suite)
+    root = external_root(cfg.data)
+    if root is not None:
+        cfg.data = f"harmodt:{root}"  # one spelling per folder
     if cfg.quality not in QUALITIES:
         raise UserError(f"unknown quality {cfg.quality!r}; valid: {', '.join(QUALITIES)}")
     torch_device = resolve_device(device)
@@ -302,16 +348,26 @@ def plan_run(method: str, preset: str = "paper", gin_files=(), bindings=(),
     for name in ("PromptDTConfig", "Trainer", own, "Evaluator"):
         arguments[name] = resolve_arguments(objects[name], name, derived[name],
                                             skip.get(name, ()))
-    dataset = {"source": "generated", "generator_version": GENERATOR_VERSION, "tasks": tasks}
+    external = None
+    if root is None:
+        dataset = {"source": "generated", "generator_version": GENERATOR_VERSION}
+    else:
+        external = plan_external_suite(root, tasks, cfg.quality)
+        dataset = external.identity()
     identity = build_identity(method, arguments, own,
-                              precision(arguments["Trainer"]["bf16"], torch_device), dataset,
-                              derived[own], set(method_class.unused_parameters))
-    _check_arguments(method, tasks, arguments)
+                              precision(arguments["Trainer"]["bf16"], torch_device),
+                              {**dataset, "tasks": tasks}, derived[own],
+                              set(method_class.unused_parameters))
+    if external is not None:  # what only describes generated data is no setting here
+        for field in GENERATED_ONLY:
+            del identity["protocol"][f"run.{field}"]
+    _check_arguments(method, tasks, arguments, generated=external is None)
     path = run_dir(results, cfg.suite, cfg.quality, method, cell_id(identity), cfg.seed)
-    return RunPlan(cfg, tasks, method, arguments, identity, path)
+    return RunPlan(cfg, tasks, method, arguments, identity, path, external)
 
 
-def _check_arguments(method: str, tasks: list[str], arguments: dict[str, dict]) -> None:
+def _check_arguments(method: str, tasks: list[str], arguments: dict[str, dict],
+                     generated: bool = True) -> None:
     """Everything checkable about the objects a run will build, checked before any data is
     generated or any step trained: the cheap ones are built and thrown away."""
     from mtrl_bench.data import check_sizes
@@ -324,12 +380,13 @@ def _check_arguments(method: str, tasks: list[str], arguments: dict[str, dict]) 
     Trainer.check_arguments(**arguments["Trainer"])
     Evaluator.check_arguments(tasks, **arguments["Evaluator"])
     run, model = arguments["Run"], arguments["PromptDTConfig"]
-    check_sizes(run["episodes"], run["dataset_seed"], run["episode_length"])
+    if generated:
+        check_sizes(run["episodes"], run["dataset_seed"], run["episode_length"])
     if (model["state_dim"], model["act_dim"]) != (OBS_DIM, ACTION_DIM):
         raise UserError(f"PromptDTConfig.state_dim/act_dim must be {OBS_DIM}/{ACTION_DIM} "
                         "(Meta-World's observations and actions), got "
                         f"{model['state_dim']}/{model['act_dim']}")
-    if run["episode_length"] < model["prompt_len"]:
+    if generated and run["episode_length"] < model["prompt_len"]:
         raise UserError(f"Run.episode_length={run['episode_length']} is shorter than the "
                         f"prompt (PromptDTConfig.prompt_len={model['prompt_len']})")
     for name, build in (("PromptDTConfig", lambda a: PromptDTConfig(**a)),
@@ -464,7 +521,10 @@ def run(method: str, preset: str = "paper", *, gin_files=(), bindings=(), flags=
 
     plan = plan_run(method, preset, gin_files, bindings, results, device, flags)
     path = plan.path
-    check_data_dir(data_dir)
+    if plan.external is None:
+        check_data_dir(data_dir)
+    else:
+        _note_changed_data(plan)
     try:
         path.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".write-test.", suffix=".tmp", dir=path)
@@ -519,9 +579,15 @@ def _run_locked(plan: RunPlan, preset: str, data_dir, force: bool, wandb_mode,
                        "or pass --force to start it over")
     started = time.perf_counter()
 
-    datasets = ensure_suite_dataset(tasks, cfg.quality, data_dir=data_dir, episodes=cfg.episodes,
-                                    seed=cfg.dataset_seed, episode_length=cfg.episode_length,
-                                    progress=progress, force=regenerate_data)
+    if plan.external is None:
+        datasets = ensure_suite_dataset(
+            tasks, cfg.quality, data_dir=data_dir, episodes=cfg.episodes,
+            seed=cfg.dataset_seed, episode_length=cfg.episode_length, progress=progress,
+            force=regenerate_data)
+    else:
+        if regenerate_data:
+            raise UserError(f"--regenerate-data: {cfg.data} is not generated by mtrl-bench")
+        datasets = plan.external.load()
     n = len(tasks)
     # every object gets all of its arguments explicitly: what ran is what plan.identity says
     trainer = Trainer(datasets, **{**args["Trainer"],
@@ -533,11 +599,11 @@ def _run_locked(plan: RunPlan, preset: str, data_dir, force: bool, wandb_mode,
     if checkpoint.exists():
         plan.check_reusable("the checkpoint of an unfinished run")
         trainer.load_checkpoint(checkpoint)
-        if trainer.step > 0 and not metrics.path.exists():
-            raise UserError(f"{path} has a checkpoint at step {trainer.step} but no "
-                            "metrics.jsonl: its records are lost; pass --force to start over")
         print(f"resuming {path} from step {trainer.step}/{total_steps}")
     metrics.truncate_after(trainer.step)
+    if trainer.step and len(metrics.records()) < meta.get("records_at_checkpoint", 0):
+        raise UserError(f"{path}: metrics.jsonl lacks records its checkpoint (step "
+                        f"{trainer.step}) was made after; pass --force to start over")
     meta.update({
         "method": method, "suite": cfg.suite, "tasks": tasks, "quality": cfg.quality,
         "seed": cfg.seed, "preset": preset, "git_commit": _git_commit(),
@@ -560,6 +626,7 @@ def _run_locked(plan: RunPlan, preset: str, data_dir, force: bool, wandb_mode,
 
     agent = DecisionTransformerAgent.from_datasets(
         trainer.model, datasets, tasks, masks=trainer.masks,
+        target_returns=target_return(cfg.eval_target_return),
         autocast_dtype=torch.bfloat16 if trainer.autocast else None)
     bar = tqdm(total=total_steps, initial=trainer.step, desc=f"{method} {cfg.suite}",
                unit="step", disable=not progress, dynamic_ncols=True)
@@ -585,6 +652,7 @@ def _run_locked(plan: RunPlan, preset: str, data_dir, force: bool, wandb_mode,
                 bar.set_postfix(success=f"{100 * result.mean_success:.1f}%")
             trainer.save_checkpoint(checkpoint)
             meta["checkpoint_step"] = trainer.step
+            meta["records_at_checkpoint"] = len(metrics.records())
             meta["wall_time_s"] = earlier_wall + time.perf_counter() - started
             atomic_write_json(meta_path, meta)
         bar.close()
@@ -611,6 +679,24 @@ def _run_locked(plan: RunPlan, preset: str, data_dir, force: bool, wandb_mode,
     print(_summary(tasks, final, best, wall))
     print(f"results in {path}")
     return path
+
+
+def _note_changed_data(plan: RunPlan) -> None:
+    """Say so when an earlier run of this method on the same settings read other content
+    from the same data folder: the folder changed, and this is a new run (cell)."""
+    def without_fingerprint(identity: dict) -> dict:
+        return {**identity, "protocol": {k: v for k, v in identity["protocol"].items()
+                                         if k != "dataset.fingerprint"}}
+
+    mine = without_fingerprint(plan.identity)
+    for meta_path in sorted(plan.path.parent.parent.glob("*/seed*/meta.json")):
+        identity = _read_meta(meta_path).get("identity")
+        if (identity and identity != plan.identity
+                and without_fingerprint(identity) == mine):
+            print(f"note: the files in {plan.cfg.data.split(':', 1)[1]} changed since "
+                  f"{meta_path.parent} read them; this is another run, in another cell",
+                  file=sys.stderr)
+            return
 
 
 def _read_meta(path: Path) -> dict:
@@ -641,6 +727,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         "(default: the preset's)")
     parser.add_argument("--quality", help="near-optimal or sub-optimal (default: the preset's)")
     parser.add_argument("--seed", type=int, help="training seed (default 0)")
+    parser.add_argument("--data", metavar="SOURCE",
+                        help="generated (default) or harmodt:DIR, the paper's own data in the "
+                             "HarmoDT/MTDiff layout <DIR>/[<quality>/]<task>/<i>.npz")
     parser.add_argument("--preset", default="paper", help=f"one of {', '.join(PRESETS)} "
                         "(default: paper, the SoCo-DT/HarmoDT protocol)")
     parser.add_argument("--gin_file", action="append", default=[], help="extra .gin file")
@@ -660,8 +749,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def _flags(args: argparse.Namespace) -> dict:
-    """--suite/--quality/--seed as Run fields (they override the preset's values)."""
-    return {field: getattr(args, field) for field in ("suite", "quality", "seed")
+    """--suite/--quality/--seed/--data as Run fields (they override the preset's values)."""
+    return {field: getattr(args, field) for field in ("suite", "quality", "seed", "data")
             if getattr(args, field) is not None}
 
 

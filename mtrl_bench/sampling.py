@@ -23,12 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from mtrl_bench.prompts import (
-    DEFAULT_NUM_DEMONSTRATIONS,
-    demonstration_indices,
-    returns_to_go,
-    state_normalizer,
-)
+from mtrl_bench.prompts import DEFAULT_NUM_DEMONSTRATIONS, returns_to_go, state_normalizer
 
 ACTION_PAD = -10.0  # HarmoDT / Prompt-DT pad actions with -10
 RTG_SCALE = 1.0 / 1000.0  # HarmoDT: returns-to-go / 1000
@@ -108,19 +103,21 @@ class TaskBatchSampler:
         self.prompt_len = prompt_len
         self.batch_size = batch_size
         self.num_tasks = len(datasets)
-        demos = [demonstration_indices(ds.returns, ds.episode_success, num_demonstrations)
-                 for ds in datasets]
+        demos = [ds.demonstration_indices(num_demonstrations) for ds in datasets]
         lengths = [ds.episode_length for ds in datasets]
         dims = (datasets[0].observations.shape[-1], datasets[0].actions.shape[-1], self.device)
-        self.data = _SegmentStore([ds.num_episodes for ds in datasets], lengths, *dims)
+        self.data = _SegmentStore([ds.training().num_episodes for ds in datasets], lengths,
+                                  *dims)
         self.demos = _SegmentStore([len(d) for d in demos], lengths, *dims)
         # task by task, so host memory never holds a second copy of the whole suite
         for i, ds in enumerate(datasets):
-            mean, std = state_normalizer(ds.observations)
-            states = (ds.observations - mean) / std
-            rtg = returns_to_go(ds.rewards) * rtg_scale
-            self.data.fill(i, states, ds.actions, rtg)
-            self.demos.fill(i, states[demos[i]], ds.actions[demos[i]], rtg[demos[i]])
+            train = ds.training()  # held-out prompt episodes are not trained on
+            mean, std = state_normalizer(train.observations)
+            self.data.fill(i, (train.observations - mean) / std, train.actions,
+                           returns_to_go(train.rewards) * rtg_scale)
+            demo = demos[i]
+            self.demos.fill(i, (ds.observations[demo] - mean) / std, ds.actions[demo],
+                            returns_to_go(ds.rewards[demo]) * rtg_scale)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
         self.all_tasks = torch.arange(self.num_tasks, device=self.device)

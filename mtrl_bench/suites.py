@@ -63,6 +63,12 @@ def resolve_suite(name: str) -> list[str]:
     raise UserError(f"unknown suite {name!r}; valid: {suite_names_help()}")
 
 
+def random_suite_size(name: str) -> int | None:
+    """K of a ``random-K:SEED`` suite name; None for any other suite."""
+    match = _RANDOM_SUITE.match(name)
+    return int(match.group(1)) if match else None
+
+
 def canonical_suite_name(name: str) -> str:
     """One spelling per suite (``random-02:00`` -> ``random-2:0``), so that one suite is
     one setting of a run."""

@@ -179,6 +179,8 @@ def _prepare_datasets(plans: list[tuple], regenerate: bool = False) -> None:
 
     done = set()
     for plan, data_dir in plans:
+        if plan.external is not None:  # read from the user's folder, nothing to generate
+            continue
         cfg = plan.cfg
         key = (tuple(plan.tasks), cfg.quality, cfg.episodes, cfg.dataset_seed,
                cfg.episode_length, data_dir)

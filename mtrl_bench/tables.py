@@ -140,6 +140,14 @@ class Grid:
     def get(self, row: Row, column: Column) -> CellScores | None:
         return self.at.get((row, column))
 
+    def fixed_suites(self) -> Grid:
+        """The columns of fixed suites (MT5, MT30, ...) when there are any: random-K:SEED
+        draws are aggregated in Table 3 instead."""
+        from mtrl_bench.suites import random_suite_size
+
+        fixed = [s for key, s in self.at.items() if random_suite_size(key[1].suite) is None]
+        return Grid(fixed) if fixed else self
+
 
 @dataclass
 class TableOptions:
@@ -149,6 +157,7 @@ class TableOptions:
     min_seeds: int = DEFAULT_MIN_SEEDS
     n_resamples: int = stats.DEFAULT_RESAMPLES
     seed: int = 0
+    paper_reference: Path | None = None  # the paper's numbers (default: the repository's)
 
     def is_baseline(self, row: Row) -> bool:
         if self.baselines is None:
@@ -232,6 +241,7 @@ def reference_rows(grid: Grid, rows: list[Row], options: TableOptions) -> dict[C
 
 def table1(grid: Grid, options: TableOptions):
     """Paper Table 1 with Δ vs a named reference baseline; returns (tables, csv rows)."""
+    grid = grid.fixed_suites()
     rows = [r for r in grid.rows if r.role != "ablation"]
     references = reference_rows(grid, rows, options)
     pending = []  # (column, row, Comparison)
@@ -693,8 +703,17 @@ def build_tables(runs_dir: Path, out: Path, options: TableOptions) -> tuple[str,
     _check_names(options, cells)
     _prepare_out(out)
     suffix = "" if options.metric == "final" else f"_{options.metric}"
-    builders = [("table1", table1), ("table4", table4), ("per_task", per_task_table),
+    from mtrl_bench import paper
+
+    reference, missing_reference = paper.reference_or_none(options.paper_reference)
+    builders = [("table1", table1),
+                ("table2", lambda grid, o: paper.table2(grid, o, reference or [])),
+                ("table3", paper.table3), ("table4", table4), ("per_task", per_task_table),
                 ("iqm", iqm_table)]
+    if reference:
+        builders.append(("paper", lambda grid, o: paper.paper_comparison(grid, o, reference)))
+    else:
+        print(f"note: {missing_reference}")
     outputs, files = [], []
     metrics = [options] + ([dataclasses.replace(options, metric="best")]
                            if options.metric == "final" else [])
@@ -745,6 +764,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resamples", type=int, default=stats.DEFAULT_RESAMPLES,
                         help="bootstrap resamples of the IQM interval (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
+    parser.add_argument("--paper-reference", type=Path, default=None, metavar="CSV",
+                        help="the paper's numbers (default: results/reference/socodt-paper.csv "
+                             "of this repository)")
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -754,7 +776,8 @@ def run_command(args: argparse.Namespace) -> int:
         raise UserError(f"--min-seeds must be at least 2, got {args.min_seeds}")
     runs_dir, out = results_paths(args, "tables")
     options = TableOptions(args.metric, tuple(args.baselines) if args.baselines else None,
-                           args.reference, args.min_seeds, args.resamples, args.seed)
+                           args.reference, args.min_seeds, args.resamples, args.seed,
+                           args.paper_reference)
     markdown, files = build_tables(runs_dir, out, options)
     print(markdown)
     print(f"wrote {len(files)} files to {out}")

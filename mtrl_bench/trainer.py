@@ -232,8 +232,7 @@ class Trainer:
                 return self._task_losses(group, lambda *args, **kwargs: functional_call(
                     self.model, (params, buffers), args, kwargs))[0]
 
-            with warnings.catch_warnings():  # attention runs a per-task loop under vmap
-                warnings.filterwarnings("ignore", message=".*batching rule.*")
+            with self.model.explicit_attention():  # the fused kernel has no vmap rule
                 grads, losses = vmap(grad_and_value(task_loss), in_dims=(None, 0),
                                      randomness="different")(params, batch)
             return losses.detach(), grads
@@ -255,10 +254,23 @@ class Trainer:
         parameters it acts on) and their mean (the others); returns the losses (N,)."""
         task_losses, grads = self.per_task_gradients(batch, capture)
         acting = [name for name, _ in self.method.gradient_parameters(self.model)]
-        flat = torch.cat([grads[n].reshape(self.num_tasks, -1).float() for n in acting], dim=1)
+        unknown = [name for name in acting if name not in grads]
+        if unknown:
+            raise UserError(f"{self.method.name}.gradient_parameters names {unknown[0]!r}, "
+                            "not a parameter of the model")
+        sizes = [grads[n][0].numel() for n in acting]
+        flat = torch.empty(self.num_tasks, sum(sizes), device=self.device)
+        offset = 0
+        for name, size in zip(acting, sizes):  # one N x P copy alive at a time, not two
+            flat[:, offset:offset + size] = grads.pop(name).reshape(self.num_tasks, -1)
+            offset += size
         combined = self.method.combine_gradients(GradientContext(
             step=self.step, total_steps=self.total_steps, task_grads=flat,
             task_losses=task_losses.float(), generator=self.method_generator))
+        del flat
+        if combined.shape != (offset,):
+            raise UserError(f"{self.method.name}.combine_gradients returned shape "
+                            f"{tuple(combined.shape)}, expected ({offset},)")
         self.optimizer.zero_grad(set_to_none=True)
         offset = 0
         parameters = dict(self.model.named_parameters())
@@ -267,18 +279,19 @@ class Trainer:
             param.grad = combined[offset:offset + param.numel()].view_as(param).to(param.dtype)
             offset += param.numel()
         for name, param in parameters.items():
-            if param.grad is None:
+            if param.grad is None:  # parameters the method does not act on: the mean
                 param.grad = grads[name].mean(dim=0).to(param.dtype)
         return task_losses
 
     def train_step(self) -> dict | None:
         """One optimiser step on all tasks; returns the mask metrics if masks were updated."""
         update = self.masks is not None and self.method.wants_update(self.step)
+        capture = update and self.method.mask_update_needs_gradients
         batch = self.sampler.sample(with_prompt=self.config.conditioning == "prompt")
         if self.method.combines_gradients:
-            task_losses = self.combined_backward(batch, capture=update)
+            task_losses = self.combined_backward(batch, capture=capture)
         else:
-            task_losses = self.loss_and_backward(batch, capture=update)
+            task_losses = self.loss_and_backward(batch, capture=capture)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip,
                                                    foreach=True)
         self._watch_finite(task_losses, grad_norm)
@@ -290,7 +303,7 @@ class Trainer:
         if update:
             grads = self.masks.capture
             self.masks.stop_capture()
-            metrics = self.update_masks(grads, task_losses)
+            metrics = self.update_masks(grads, task_losses)  # grads None without capture
         self.step += 1
         if metrics is not None:
             metrics["step"] = self.step  # records carry the steps completed when written

@@ -10,3 +10,13 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def fresh_gin_config():
+    """Gin's configuration is global: a test that parses one must not leak it into the next
+    (PromptDTConfig() would silently take another model size)."""
+    import gin
+
+    yield
+    gin.clear_config()

@@ -28,8 +28,9 @@ EVAL_GOALS, FINAL_GOALS = 5, 50
 ENTRIES = 1000  # maskable entries in the fabricated mask records
 
 
-def identity(method: str, quality: str, budget: int = BUDGET, **params) -> dict:
-    protocol = {"run.suite": SUITE, "run.quality": quality, "run.budget_sequences": budget,
+def identity(method: str, quality: str, budget: int = BUDGET, suite: str = SUITE,
+             **params) -> dict:
+    protocol = {"run.suite": suite, "run.quality": quality, "run.budget_sequences": budget,
                 "run.eval_goals": EVAL_GOALS, "run.final_eval_goals": FINAL_GOALS,
                 "trainer.total_steps": TOTAL_STEPS * budget // BUDGET,
                 "trainer.precision": "float32"}
@@ -50,12 +51,15 @@ class FakeRun:
     path: Path
     status: str = "finished"
     records: list[dict] = field(default_factory=list)
+    suite: str = SUITE
+    tasks: list[str] = field(default_factory=lambda: list(TASKS))
 
 
-def eval_record(step: int, goals: int, success: np.ndarray, returns: np.ndarray) -> dict:
+def eval_record(step: int, goals: int, success: np.ndarray, returns: np.ndarray,
+                tasks=TASKS) -> dict:
     return {"kind": "eval", "step": step, "num_goals": goals,
-            "success": dict(zip(TASKS, success.tolist())),
-            "return": dict(zip(TASKS, returns.tolist())),
+            "success": dict(zip(tasks, success.tolist())),
+            "return": dict(zip(tasks, returns.tolist())),
             "mean_success": float(success.mean()), "mean_return": float(returns.mean())}
 
 
@@ -82,18 +86,18 @@ def mask_records(rng: np.random.Generator, masked: bool, total_steps: int) -> li
 def write(root: Path, run: FakeRun) -> None:
     run.path.mkdir(parents=True)
     role = method_role(run.method)
-    meta = {"method": run.method, "suite": SUITE, "tasks": TASKS, "quality": run.quality,
+    meta = {"method": run.method, "suite": run.suite, "tasks": run.tasks, "quality": run.quality,
             "seed": run.seed, "status": run.status, "cell": cell_id(run.identity),
             "identity": run.identity, "role": role.as_dict() if role else None}
     (run.path / "meta.json").write_text(json.dumps(meta))
     (run.path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in run.records))
     if run.status == "finished":
         total = run.identity["protocol"]["trainer.total_steps"]
-        final = eval_record(total, FINAL_GOALS, run.success, run.returns)
+        final = eval_record(total, FINAL_GOALS, run.success, run.returns, run.tasks)
         best = eval_record(total // 2, EVAL_GOALS, np.minimum(run.success + 0.1, 1.0),
-                           run.returns + 100)
+                           run.returns + 100, run.tasks)
         (run.path / "final.json").write_text(json.dumps(
-            {"tasks": TASKS, "final": final, "best": {**best, "label": "best"}}))
+            {"tasks": run.tasks, "final": final, "best": {**best, "label": "best"}}))
 
 
 # method -> per quality: (level, seeds); harmodt-m is an exact copy of harmodt-f (a tie)

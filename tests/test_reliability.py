@@ -272,5 +272,5 @@ def test_a_checkpoint_without_its_log_is_not_resumed(tmp_path, data_dir):
     for name in ("final.json", "episodes.json", "metrics.jsonl"):
         (path / name).unlink()
     again = subprocess.run(command, capture_output=True, text=True, timeout=240)
-    assert again.returncode == 2 and "has a checkpoint at step 20 but no metrics.jsonl" in \
-        again.stderr
+    assert again.returncode == 2 and "metrics.jsonl lacks records its checkpoint (step 20)" \
+        in again.stderr

@@ -244,7 +244,7 @@ def test_latex_is_valid(tables, tmp_path):
         for block in text.split("\\midrule")[1:]:
             body = block.split("\\bottomrule")[0].strip().splitlines()
             widths = {line.count(" & ") for line in body}
-            assert len(widths) == 1, tex
+            assert len(widths) <= 1, tex  # every row as wide as the header (or no rows)
     if shutil.which("pdflatex") is None:
         pytest.skip("pdflatex is not installed (.ci/run installs it)")
     document = "\n".join(["\\documentclass{article}", "\\usepackage[T1]{fontenc}",
