@@ -33,6 +33,7 @@ import numpy as np
 OBS_DIM = 39
 ACTION_DIM = 4
 IDLE = -1  # goal value of a slot that takes no part in the current round
+ALL = -1  # the group of every active slot
 
 
 def _views(buffers, num_slots: int, num_workers: int) -> dict[str, np.ndarray]:
@@ -61,6 +62,7 @@ def _worker_main(index: int, num_workers: int, conn, buffers, slot_tasks: list[s
     envs: dict[int, object] = {}
     goals: dict[str, dict[int, object]] = {}
     active: list[int] = []
+    groups: dict[int, list[int]] = {ALL: []}  # group id -> this worker's active slots
     while True:
         command, arg = conn.recv()
         current[index] = IDLE
@@ -73,17 +75,21 @@ def _worker_main(index: int, num_workers: int, conn, buffers, slot_tasks: list[s
                 for slot in mine:
                     current[index] = slot
                     envs[slot] = env_class(slot_tasks[slot])()
-            elif command == "set_goals":  # arg: goal index (or IDLE) of every slot
-                active = [slot for slot in mine if arg[slot] != IDLE]
+            elif command == "set_goals":  # arg: (goal index or IDLE, group) of every slot
+                slot_goals, slot_groups = arg
+                active = [slot for slot in mine if slot_goals[slot] != IDLE]
+                groups = {ALL: active}
+                for slot in active:
+                    groups.setdefault(int(slot_groups[slot]), []).append(slot)
                 for slot in active:
                     current[index] = slot
-                    envs[slot].set_task(goals[slot_tasks[slot]][arg[slot]])
+                    envs[slot].set_task(goals[slot_tasks[slot]][slot_goals[slot]])
             elif command == "reset":
                 for slot in active:
                     current[index] = slot
                     obs[slot] = envs[slot].reset()[0]
-            elif command == "step":
-                for slot in active:
+            elif command == "step":  # arg: the group of slots to step (ALL: every active one)
+                for slot in groups.get(arg, []):
                     current[index] = slot
                     o, r, _, _, info = envs[slot].step(actions[slot])
                     obs[slot] = o
@@ -138,6 +144,7 @@ class EnvPool:
         self.num_workers = max(1, min(workers or os.cpu_count() or 1, num_slots))
         self._goals = np.full(num_slots, IDLE, dtype=np.int64)
         self._closed = False
+        self._sent: list[bool] = []  # which workers the last command reached
         ctx = mp.get_context("spawn")
         buffers = (
             ctx.RawArray(ctypes.c_double, num_slots * OBS_DIM),
@@ -178,12 +185,15 @@ class EnvPool:
     def processes(self) -> list:
         return list(self._processes)
 
-    def set_goals(self, goals: Sequence[int]) -> None:
-        """Point slot ``i`` at goal ``goals[i]`` (IDLE: skip the slot until the next call)."""
+    def set_goals(self, goals: Sequence[int], groups: Sequence[int] | None = None) -> None:
+        """Point slot ``i`` at goal ``goals[i]`` (IDLE: skip the slot until the next call);
+        ``groups[i]`` (default 0) is the group :meth:`step_async` can step on its own."""
         self._goals = np.asarray(goals, dtype=np.int64).copy()
         if self._goals.shape != (self.num_slots,):
             raise ValueError(f"expected {self.num_slots} goals, got shape {self._goals.shape}")
-        self._command("set_goals", [self._goals] * self.num_workers)
+        slot_groups = (np.zeros(self.num_slots, dtype=np.int64) if groups is None
+                       else np.asarray(groups, dtype=np.int64))
+        self._command("set_goals", [(self._goals, slot_groups)] * self.num_workers)
         self._view["obs"][:] = 0.0
         self._view["rewards"][:] = 0.0
         self._view["success"][:] = 0
@@ -195,13 +205,30 @@ class EnvPool:
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One step of every active slot: (observations, rewards, success flags) copies."""
+        self.step_async(ALL, actions)
+        return self.wait()
+
+    def step_async(self, group: int, actions: np.ndarray) -> None:
+        """Start one step of the slots of ``group`` (ALL: every active slot) and return at
+        once, so the caller can compute another group's actions meanwhile; ``actions``
+        (num_slots, 4) go to the shared buffer, of which the workers read the group's rows.
+        Finish with :meth:`wait` before any other command."""
         self._view["actions"][:] = actions
-        self._command("step")
+        self._send("step", [group] * self.num_workers)
+
+    def wait(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Finish the step started by :meth:`step_async`: (observations, rewards, success
+        flags) of every slot, copies (slots outside the stepped group are unchanged)."""
+        self._receive("step")
         v = self._view
         return v["obs"].copy(), v["rewards"].copy(), v["success"].astype(bool)
 
     def _command(self, command: str, args: list | None = None) -> list:
         """Send ``command`` to every worker, wait for all, raise the first failure."""
+        self._send(command, args)
+        return self._receive(command)
+
+    def _send(self, command: str, args: list | None = None) -> None:
         if self._closed:
             raise RuntimeError("the environment pool is closed")
         sent = []
@@ -211,6 +238,10 @@ class EnvPool:
                 sent.append(True)
             except OSError:  # broken pipe: the worker is gone
                 sent.append(False)
+        self._sent = sent
+
+    def _receive(self, command: str) -> list:
+        sent = self._sent
         replies, failure = [], None
         for w, conn in enumerate(self._conns):
             try:

@@ -37,7 +37,7 @@ import gin
 OUTSIDE_IDENTITY: dict[str, frozenset[str]] = {
     "Run": frozenset({"seed", "checkpoint_every_steps"}),
     "Trainer": frozenset({"seed", "method", "log_every", "compile", "device", "bf16"}),
-    "Evaluator": frozenset({"workers", "max_envs"}),
+    "Evaluator": frozenset({"workers", "max_envs", "overlap"}),
 }
 #: how identity sections are named after the objects the runner builds
 SECTIONS = {"Run": "run", "PromptDTConfig": "model", "Trainer": "trainer",

@@ -106,11 +106,17 @@ class Block(nn.Module):
         self.dropout = cfg.dropout
         self.resid_drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, attn_bias, masks: TaskMasks | None):
-        # x: (N, B, L, d); attn_bias: (N*B, 1, L, L) additive (0 / -inf)
+    def forward(self, x, attn_bias, masks: TaskMasks | None, query: int | None = None):
+        """x: (N, B, L, d); attn_bias: (N*B, 1, L, L) additive (0 / -inf). With ``query``,
+        only that position's output is computed, (N, B, 1, d): keys and values still come
+        from every position (what acting needs from the last block)."""
         n, b, length, d = x.shape
         qkv = self.attn_qkv(self.ln_1(x, masks), masks)
         q, k, v = qkv.view(n * b, length, 3, self.n_head, d // self.n_head).permute(2, 0, 3, 1, 4)
+        if query is not None:
+            q, attn_bias, x = (q[:, :, query:query + 1], attn_bias[:, :, query:query + 1],
+                               x[:, :, query:query + 1])
+            length = 1
         dropout = self.dropout if self.training else 0.0
         if self.explicit_attention:  # the same maths, op by op (torch.func.vmap needs it)
             scores = q @ k.transpose(-2, -1) * (q.shape[-1] ** -0.5) + attn_bias.to(q.dtype)
@@ -218,8 +224,11 @@ class PromptDT(nn.Module):
         prompt: dict[str, torch.Tensor] | None = None,  # same keys with K' steps
         task_ids: torch.Tensor | None = None,  # (N,) long, for task_id conditioning
         masks: TaskMasks | None = None,
+        last_only: bool = False,
     ) -> torch.Tensor:
-        """Predicted actions (N, B, K, act_dim) read from the state tokens."""
+        """Predicted actions (N, B, K, act_dim) read from the state tokens; with
+        ``last_only`` only the last step's, (N, B, 1, act_dim), which is all acting needs:
+        the last block then computes one query per sequence instead of all of them."""
         n, b, k, _ = states.shape
         main = self.embed_ln(self._tokens(states, actions, returns_to_go, timesteps, False))
         key_mask = attention_mask.repeat_interleave(3, dim=-1)
@@ -243,6 +252,11 @@ class PromptDT(nn.Module):
         allowed = allowed | torch.eye(length, dtype=torch.bool, device=x.device)
         attn_bias = torch.zeros(allowed.shape, dtype=torch.float32, device=x.device).masked_fill(
             ~allowed, -math.inf)  # out of place: the model also runs under torch.func.vmap
+        if last_only:  # the state token of the last step: second to last of the sequence
+            for block in self.blocks[:-1]:
+                x = block(x, attn_bias, masks)
+            state_hidden = self.ln_f(self.blocks[-1](x, attn_bias, masks, query=length - 2))
+            return torch.tanh(self.predict_action(state_hidden))
         for block in self.blocks:
             x = block(x, attn_bias, masks)
         x = self.ln_f(x[:, :, pre.shape[2]:])

@@ -48,7 +48,7 @@ from mtrl_bench.io import (
 from mtrl_bench.rundir import MetricsLog, RunLock, is_finished, run_dir
 
 CONFIG_DIR = Path(importlib.import_module("mtrl_bench.configs").__file__).parent
-PRESETS = ("quick", "paper", "tiny")
+PRESETS = ("quick", "paper", "tiny", "cpu")
 
 
 @gin.configurable("Run")

@@ -157,7 +157,8 @@ class Trainer:
         self._first_nonfinite_step = torch.full((), -1, dtype=torch.long, device=self.device)
         self._first_nonfinite_tasks = torch.zeros(self.num_tasks, dtype=torch.bool,
                                                   device=self.device)
-        self._interval = (0, time.perf_counter())  # (steps, start time) since the last log
+        self._interval_start = 0  # the step the open logging interval began at
+        self._train_seconds = 0.0  # time spent in train() since the last log
         self._reference_task = 0
 
     @staticmethod
@@ -365,6 +366,7 @@ class Trainer:
         until = self.total_steps if until_step is None else until_step
         if until > self.total_steps:
             raise ValueError(f"until_step={until} is past total_steps={self.total_steps}")
+        started = time.perf_counter()  # sequences/s count time inside train() only
         while self.step < until:
             mask_metrics = self.train_step()
             if mask_metrics is not None:
@@ -373,17 +375,21 @@ class Trainer:
                     callback(mask_metrics)
             if self.step % self.log_every == 0:
                 self.check_finite()  # rides on the sync the loss read-back makes anyway
+                self._train_seconds += time.perf_counter() - started
                 metrics = self._interval_metrics()
+                started = time.perf_counter()
                 if callback is not None:
                     callback(metrics)
+        self._train_seconds += time.perf_counter() - started
         self.check_finite()
 
     def _interval_metrics(self) -> dict:
-        steps = self.step - self._interval[0]
+        steps = self.step - self._interval_start
         loss = self._loss_sum.item() / max(steps, 1)  # the one sync per log interval
-        elapsed = time.perf_counter() - self._interval[1]
+        elapsed = self._train_seconds  # training only: evaluations between are not counted
         self._loss_sum.zero_()
-        self._interval = (self.step, time.perf_counter())
+        self._train_seconds = 0.0
+        self._interval_start = self.step
         return {"kind": "train", "step": self.step, "loss": loss,
                 "lr": self.scheduler.get_last_lr()[0],
                 "sequences_per_s": steps * self.sequences_per_step / max(elapsed, 1e-9)}
@@ -402,7 +408,7 @@ class Trainer:
             "masks": None if self.masks is None else self.masks.soft,
             "method_state": self.method.state_dict(), "rng": rng,
             # the open log interval, so a resumed run's next loss record covers it whole
-            "log_interval": {"start": self._interval[0], "loss_sum": self._loss_sum.clone()},
+            "log_interval": {"start": self._interval_start, "loss_sum": self._loss_sum.clone()},
         }
 
     def save_checkpoint(self, path: str | os.PathLike) -> None:
@@ -457,7 +463,7 @@ class Trainer:
                           f"{self.device.type}: random streams restart, training continues "
                           "but not bit-for-bit", stacklevel=2)
         self._loss_sum.copy_(state["log_interval"]["loss_sum"])
-        self._interval = (state["log_interval"]["start"], time.perf_counter())
+        self._interval_start = state["log_interval"]["start"]
 
     # ------------------------------------------------- reference (benchmark)
     def reference_step(self) -> float:

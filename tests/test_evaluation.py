@@ -113,6 +113,13 @@ def test_masked_dt_matches_metaworld_and_is_deterministic(evaluator, conditionin
     first = evaluator.evaluate(live)
     reference = metaworld_reference_evaluation(agent(), TASKS, GOALS, STEPS)
     _assert_same_as_metaworld(first, reference)
+    # two halves of the goals in turn, one's forward pass during the other's steps: the
+    # same episodes (in float64; the forward's batch shape changes)
+    evaluator.overlap = False
+    try:
+        assert evaluator.evaluate(agent()).episodes == first.episodes
+    finally:
+        evaluator.overlap = True
     assert model.training
     assert evaluator.evaluate(agent()).episodes == first.episodes  # same workers, same result
 
@@ -121,6 +128,16 @@ def test_masked_dt_matches_metaworld_and_is_deterministic(evaluator, conditionin
     updated = evaluator.evaluate(live)
     assert updated.episodes != first.episodes
     assert updated.episodes == evaluator.evaluate(agent()).episodes
+
+
+def test_overlapped_halves_give_the_same_episodes(evaluator, expert_result):
+    for overlap in (True, False):
+        evaluator.overlap = overlap
+        try:
+            assert evaluator.evaluate(ScriptedExpertAgent(TASKS)).episodes == \
+                expert_result.episodes
+        finally:
+            evaluator.overlap = True
 
 
 def test_rounds_and_goal_subsets_do_not_change_episodes(evaluator, expert_result):
@@ -199,3 +216,32 @@ def test_ctrl_c_mid_evaluation_stops_every_worker():
     while any(_alive(p) for p in pids) and time.time() < deadline:
         time.sleep(0.1)
     assert not any(_alive(p) for p in pids), "a worker outlived Ctrl-C"
+
+
+@pytest.mark.parametrize("conditioning", ["prompt", "task_id"])
+def test_acting_computes_only_the_last_state_token(conditioning):
+    """last_only (what the agent uses) equals the full forward's last step, masks included."""
+    torch.manual_seed(1)
+    cfg = PromptDTConfig(n_layer=3, n_embd=32, n_head=2, n_inner=64, context_len=6,
+                         prompt_len=3, conditioning=conditioning, num_tasks=3)
+    model = PromptDT(cfg).double().eval()
+    masks = TaskMasks(erk_random_masks(3, model.mask_segments, 0.2,
+                                       torch.Generator().manual_seed(0), "cpu").double(),
+                      model.mask_segments)
+    n, b, k = 3, 4, 6
+    batch = dict(states=torch.randn(n, b, k, 39).double(),
+                 actions=torch.randn(n, b, k, 4).double(),
+                 returns_to_go=torch.randn(n, b, k, 1).double(),
+                 timesteps=torch.randint(0, 100, (n, b, k)),
+                 attention_mask=torch.ones(n, b, k).double())
+    batch["attention_mask"][:, :2, :3] = 0  # episodes shorter than the context
+    prompt = dict(states=torch.randn(n, 1, 3, 39).double(),
+                  actions=torch.randn(n, 1, 3, 4).double(),
+                  returns_to_go=torch.randn(n, 1, 3, 1).double(),
+                  timesteps=torch.randint(0, 100, (n, 1, 3)),
+                  attention_mask=torch.ones(n, 1, 3).double())
+    kwargs = dict(prompt=prompt, task_ids=torch.arange(3), masks=masks)
+    full = model(**batch, **kwargs)
+    last = model(**batch, **kwargs, last_only=True)
+    assert last.shape == (n, b, 1, 4)
+    torch.testing.assert_close(last, full[:, :, -1:], rtol=1e-12, atol=1e-12)
