@@ -13,8 +13,8 @@ import math
 
 import torch
 
-from mtrl_bench.masking import MaskSegment
 from mtrl_bench.method import Method
+from mtrl_bench.training.masking import MaskSegment
 
 
 def erk_densities(segments: list[MaskSegment], sparsity: float) -> list[float]:

@@ -1,42 +1,370 @@
-"""Thin command-line front end: each subcommand lives in the module that does the work.
+"""The ``mtrl-bench`` command line: argument parsing and dispatch only.
 
-A command module provides ``configure_parser(parser)`` and ``run_command(args) -> int``.
-Modules are imported when the parser is built, so they must import heavy dependencies
-(torch, metaworld) lazily inside their functions.
+Each subcommand is a ``configure_*`` function that declares its arguments and a ``*_command``
+function that turns them into typed arguments of one library call and prints what it
+returns. Nothing below this module parses arguments. Library modules are imported inside the
+command functions, so ``--help`` and one-line errors come fast, without torch or Meta-World.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
+from pathlib import Path
 
 from mtrl_bench.errors import UserError
 
-# subcommand -> (module, one-line help). Order is the order shown by --help.
-COMMANDS: dict[str, tuple[str, str]] = {
-    "suites": ("mtrl_bench.suites", "list task suites and their tasks"),
-    "data": ("mtrl_bench.data", "generate, check or inspect offline datasets"),
-    "methods": ("mtrl_bench.methods_cmd", "list the registered methods and their roles"),
-    "run": ("mtrl_bench.runner", "train and evaluate one method on one suite (resumable)"),
-    "sweep": ("mtrl_bench.sweep", "run a grid of methods x suites x qualities x seeds"),
-    "table": ("mtrl_bench.tables", "paper-style tables (Markdown, CSV, LaTeX) from results/runs"),
-    "plot": ("mtrl_bench.plots", "learning curves, mask sparsity, beta and conflict figures"),
+# ----------------------------------------------------------------------------- suites
+
+
+def configure_suites(parser: argparse.ArgumentParser) -> None:
+    from mtrl_bench.suites import suite_names_help
+
+    parser.add_argument("names", nargs="*", help=f"suites to show (default: all fixed). "
+                        f"Valid: {suite_names_help()}")
+
+
+def suites_command(args: argparse.Namespace) -> int:
+    from mtrl_bench.suites import FIXED_SUITES, resolve_suite
+
+    for name in args.names or list(FIXED_SUITES):
+        tasks = resolve_suite(name)
+        print(f"{name} ({len(tasks)} tasks): {' '.join(tasks)}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def configure_data(parser: argparse.ArgumentParser) -> None:
+    from mtrl_bench.data.dataset import DATA_DIR_ENV, DEFAULT_EPISODES, QUALITIES
+    from mtrl_bench.suites import MAX_EPISODE_STEPS
+
+    parser.description = (
+        "Generate per-task datasets from Meta-World's scripted experts with a replay-like "
+        "noise ladder, or (--check) validate stored datasets and print a per-task table. "
+        "near-optimal with N episodes walks the whole ladder (random to expert); sub-optimal "
+        "with N episodes is the first, noisier half of a 2N-episode ladder.")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--suite", help="suite name: mt5, mt10, mt30, mt50 or random-K:SEED")
+    which.add_argument("--tasks", nargs="+", metavar="TASK", help="explicit task names")
+    parser.add_argument("--quality", metavar="{" + ",".join(QUALITIES) + "}",
+                        help="dataset quality (required to generate; --check shows all if absent)")
+    parser.add_argument("--episodes", type=int,
+                        help=f"episodes per task (generation default {DEFAULT_EPISODES}; "
+                             "--check: any)")
+    parser.add_argument("--seed", type=int, help="generation seed (default 0; --check: any)")
+    parser.add_argument("--episode-length", type=int,
+                        help=f"steps per episode (default {MAX_EPISODE_STEPS}; --check: any)")
+    parser.add_argument("--workers", type=int,
+                        help="generation processes (default: the usable CPU cores)")
+    parser.add_argument("--data-dir", type=Path,
+                        help=f"data folder (default ${DATA_DIR_ENV} or ~/.cache/mtrl-bench/data)")
+    parser.add_argument("--check", "--info", action="store_true",
+                        help="validate stored datasets and print a per-task table")
+    parser.add_argument("--harmodt-root", type=Path, metavar="DIR",
+                        help="check a HarmoDT/MTDiff-layout folder <DIR>/<task>/<i>.npz instead")
+    parser.add_argument("--force", action="store_true",
+                        help="regenerate the tasks' files even where they exist (a file that "
+                             "does not match or cannot be read is otherwise an error)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def data_command(args: argparse.Namespace) -> int:
+    from mtrl_bench.data import report
+    from mtrl_bench.data.dataset import DEFAULT_EPISODES, QUALITIES, default_data_dir
+    from mtrl_bench.data.external import HARMODT_PROMPT_EPISODES
+    from mtrl_bench.data.generation import generate_suite_dataset
+    from mtrl_bench.suites import MAX_EPISODE_STEPS, resolve_tasks
+
+    data_dir = args.data_dir if args.data_dir is not None else default_data_dir()
+    tasks = resolve_tasks(args.suite, args.tasks) if args.suite or args.tasks else None
+    if args.harmodt_root is not None:
+        root = Path(args.harmodt_root).expanduser().resolve()
+        rows = report.harmodt_rows(root, tasks, args.quality)
+        print(f"HarmoDT-layout data: {root} (what `run --data harmodt:{root}` trains on; the "
+              f"last {HARMODT_PROMPT_EPISODES} episodes of each near-optimal buffer are "
+              "prompts, not trained on)")
+        print(report.format_rows(rows))
+        return 0
+    if args.check:
+        print(f"data dir: {data_dir}")
+        print(report.format_rows(report.generated_rows(
+            data_dir, tasks, args.quality, args.episodes, args.seed, args.episode_length)))
+        for line in report.stray_files(data_dir, args.quality, tasks):
+            print(f"not checked: {line}")
+        return 0
+    if tasks is None:
+        raise UserError("give a suite (--suite) or a task list (--tasks)")
+    if args.quality is None:
+        raise UserError(f"give --quality ({' or '.join(QUALITIES)}) to generate a dataset")
+    episodes = args.episodes if args.episodes is not None else DEFAULT_EPISODES
+    seed = args.seed if args.seed is not None else 0
+    length = args.episode_length if args.episode_length is not None else MAX_EPISODE_STEPS
+    paths = generate_suite_dataset(tasks, args.quality, data_dir=data_dir, episodes=episodes,
+                                   seed=seed, episode_length=length, workers=args.workers,
+                                   progress=not args.no_progress, force=args.force)
+    print(f"{len(paths)} {args.quality} task files in {data_dir / args.quality}")
+    print(report.format_rows(report.generated_rows(data_dir, list(paths), args.quality,
+                                                   episodes, seed, length)))
+    return 0
+
+
+# ----------------------------------------------------------------------------- methods
+
+
+def configure_methods(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--params", action="store_true",
+                        help="also list each method's gin-configurable parameters and defaults")
+
+
+def methods_command(args: argparse.Namespace) -> int:
+    from mtrl_bench.config import bindable_parameters
+    from mtrl_bench.method import method_summaries
+
+    rows = method_summaries()
+    width = max(len(name) for name, _, _ in rows)
+    role_width = max(len(role) for _, role, _ in rows)
+    for name, role, description in rows:
+        print(f"{name:<{width}}  {role:<{role_width}}  {description}")
+        if args.params:
+            for binding, default in bindable_parameters(name):
+                print(f"{'':<{width}}    {binding} = {default!r}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- run
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    """What every run of ``run`` and of ``sweep ... --`` takes besides its grid point."""
+    from mtrl_bench.config import PRESETS
+
+    parser.add_argument("--data", metavar="SOURCE",
+                        help="generated (default) or harmodt:DIR, the paper's own data in the "
+                             "HarmoDT/MTDiff layout <DIR>/[<quality>/]<task>/<i>.npz")
+    parser.add_argument("--preset", default="paper", help=f"one of {', '.join(PRESETS)} "
+                        "(default: paper, the SoCo-DT/HarmoDT protocol)")
+    parser.add_argument("--gin_file", action="append", default=[], help="extra .gin file")
+    parser.add_argument("--gin_binding", action="append", default=[],
+                        help="a gin binding, e.g. 'Trainer.learning_rate = 3e-4'")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--results-dir", default=None,
+                        help="results root (default ./results or $MTRL_BENCH_RESULTS_DIR)")
+    parser.add_argument("--data-dir", default=None,
+                        help="dataset root (default $MTRL_BENCH_DATA_DIR or ~/.cache/mtrl-bench)")
+    parser.add_argument("--wandb", choices=["offline", "online"], default=None)
+    parser.add_argument("--force", action="store_true",
+                        help="redo a finished (or diverged) run from the start")
+    parser.add_argument("--regenerate-data", action="store_true",
+                        help="regenerate the suite's dataset files even where they exist")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def configure_run(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--method", required=True, help="see `mtrl-bench methods`")
+    parser.add_argument("--suite", help="mt5, mt10, mt30, mt50 or random-K:SEED "
+                        "(default: the preset's)")
+    parser.add_argument("--quality", help="near-optimal or sub-optimal (default: the preset's)")
+    parser.add_argument("--seed", type=int, help="training seed (default 0)")
+    _add_run_options(parser)
+
+
+def run_request(args: argparse.Namespace, **given):
+    """The :class:`~mtrl_bench.config.RunRequest` of parsed ``run`` arguments (``given``:
+    fields the caller sets instead, as a sweep does for method, suite, quality and seed)."""
+    from mtrl_bench.config import RunRequest
+
+    fields = dict(preset=args.preset, gin_files=tuple(args.gin_file),
+                  bindings=tuple(args.gin_binding), data=args.data, device=args.device,
+                  results_dir=args.results_dir, data_dir=args.data_dir, force=args.force,
+                  regenerate_data=args.regenerate_data, wandb=args.wandb,
+                  progress=not args.no_progress)
+    for name in ("method", "suite", "quality", "seed"):
+        if name in vars(args):
+            fields[name] = getattr(args, name)
+    return RunRequest(**{**fields, **given})
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from mtrl_bench.runs.runner import run
+
+    run(run_request(args))
+    return 0
+
+
+# ----------------------------------------------------------------------------- sweep
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
+def configure_sweep(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--methods", nargs="+", required=True)
+    parser.add_argument("--suites", nargs="+", required=True)
+    parser.add_argument("--qualities", nargs="+", default=["near-optimal"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2,...",
+                        help="a gin binding or macro and its values, each value its own cell "
+                             "(repeatable: the product); applied to the methods it affects, "
+                             "e.g. 'SOCODT_BETA_MIN=1,5,10'")
+    parser.add_argument("--executor", choices=["local", "ray"], default="local")
+    parser.add_argument("--parallel", type=_positive, default=None,
+                        help="local executor: runs at a time (default: one per GPU, else 1)")
+    parser.add_argument("--address", default=None,
+                        help="ray executor: cluster address (default: start a local instance)")
+    parser.add_argument("--gpus-per-run", type=float, default=None,
+                        help="ray executor: GPUs each run asks for (default 1 if CUDA, else 0)")
+    parser.add_argument("--results-dir", default=None)
+    parser.add_argument("--dry-run", action="store_true", help="list the runs and exit")
+    parser.add_argument("run_args", nargs=argparse.REMAINDER,
+                        help="after '--': options for every run, as `mtrl-bench run` takes them "
+                             "(not --method/--suite/--quality/--seed: the sweep sets those)")
+
+
+def _sweep_run_options(run_args: list[str], results_dir: str | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="mtrl-bench sweep ... --", add_help=False,
+                                     allow_abbrev=False)
+    _add_run_options(parser)
+    rest = run_args[1:] if run_args[:1] == ["--"] else run_args
+    options, unknown = parser.parse_known_args(rest)
+    if unknown:
+        sets = {"--method", "--suite", "--quality", "--seed"}
+        given = next((arg.split("=")[0] for arg in unknown if arg.split("=")[0] in sets), None)
+        if given:
+            raise UserError(f"{given} after '--': the sweep sets it; use {given}s")
+        raise UserError(f"unknown run option(s) after '--': {' '.join(unknown)}")
+    if results_dir is not None:
+        if options.results_dir is not None and options.results_dir != results_dir:
+            raise UserError("--results-dir given twice with different folders")
+        options.results_dir = results_dir
+    return options
+
+
+def sweep_command(args: argparse.Namespace) -> int:
+    from mtrl_bench.runs.sweep import build_grid, parse_grid, run_sweep
+
+    common = run_request(_sweep_run_options(args.run_args, args.results_dir), method="")
+    specs = build_grid(args.methods, args.suites, args.qualities, args.seeds, common,
+                       parse_grid(args.grid))
+    return run_sweep(specs, executor=args.executor, parallel=args.parallel,
+                     address=args.address, gpus_per_run=args.gpus_per_run,
+                     dry_run=args.dry_run)
+
+
+# ----------------------------------------------------------------------------- table, plot
+
+
+def _add_results_arguments(parser: argparse.ArgumentParser, output: str) -> None:
+    """--results-dir, --runs and --out for commands that read runs and write ``output``."""
+    parser.add_argument("--results-dir", default=None,
+                        help="results root (default ./results or $MTRL_BENCH_RESULTS_DIR)")
+    parser.add_argument("--runs", type=Path, default=None,
+                        help="folder of run directories (default: <results-dir>/runs)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"where to write (default: <results-dir>/{output})")
+
+
+def _results_paths(args: argparse.Namespace, output: str) -> tuple[Path, Path]:
+    from mtrl_bench.runs.rundir import results_dir
+
+    root = results_dir(args.results_dir)
+    return args.runs or root / "runs", args.out or root / output
+
+
+def configure_table(parser: argparse.ArgumentParser) -> None:
+    from mtrl_bench.analysis.stats import DEFAULT_RESAMPLES
+    from mtrl_bench.analysis.tables import DEFAULT_MIN_SEEDS
+
+    _add_results_arguments(parser, "tables")
+    parser.add_argument("--metric", choices=("final", "best"), default="final",
+                        help="final checkpoint (headline; table1_best is written alongside) "
+                             "or best over evaluations for every table")
+    parser.add_argument("--baselines", nargs="+", default=None, metavar="METHOD",
+                        help="methods (or row labels) that count as baselines (default: the "
+                             "methods registered with role='baseline')")
+    parser.add_argument("--reference", default=None, metavar="ROW",
+                        help="compare every row with this one (default: per column, the best "
+                             "baseline with at least 2 seeds)")
+    parser.add_argument("--min-seeds", type=int, default=DEFAULT_MIN_SEEDS,
+                        help="seeds needed on both sides before an arrow is drawn "
+                             "(default: %(default)s)")
+    parser.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES,
+                        help="bootstrap resamples of the IQM interval (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
+    parser.add_argument("--paper-reference", type=Path, default=None, metavar="CSV",
+                        help="the paper's numbers (default: results/reference/socodt-paper.csv "
+                             "of this repository)")
+
+
+def table_command(args: argparse.Namespace) -> int:
+    from mtrl_bench.analysis.tables import TableOptions, build_tables
+
+    runs_dir, out = _results_paths(args, "tables")
+    options = TableOptions(args.metric, tuple(args.baselines) if args.baselines else None,
+                           args.reference, args.min_seeds, args.resamples, args.seed,
+                           args.paper_reference)
+    markdown, files = build_tables(runs_dir, out, options)
+    print(markdown)
+    print(f"wrote {len(files)} files to {out}")
+    return 0
+
+
+def configure_plot(parser: argparse.ArgumentParser) -> None:
+    _add_results_arguments(parser, "figures")
+
+
+def plot_command(args: argparse.Namespace) -> int:
+    from mtrl_bench.analysis.plots import build_plots
+
+    files, skipped, left_out = build_plots(*_results_paths(args, "figures"))
+    for message in skipped:
+        print(message)
+    for line in left_out:
+        print(f"left out: {line}")
+    for path in files:
+        print(f"wrote {path}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- dispatch
+
+#: subcommand -> (configure, command, one-line help), in the order --help shows them
+COMMANDS = {
+    "suites": (configure_suites, suites_command, "list task suites and their tasks"),
+    "data": (configure_data, data_command, "generate, check or inspect offline datasets"),
+    "methods": (configure_methods, methods_command,
+                "list the registered methods and their roles"),
+    "run": (configure_run, run_command,
+            "train and evaluate one method on one suite (resumable)"),
+    "sweep": (configure_sweep, sweep_command,
+              "run a grid of methods x suites x qualities x seeds"),
+    "table": (configure_table, table_command,
+              "paper-style tables (Markdown, CSV, LaTeX) from results/runs"),
+    "plot": (configure_plot, plot_command,
+             "learning curves, mask sparsity, beta and conflict figures"),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mtrl-bench",
-        description="Offline multi-task RL benchmark on Meta-World (Prompt-DT, HarmoDT, SoCo-DT).",
+        description="Offline multi-task RL benchmark on Meta-World (Prompt-DT, HarmoDT, "
+                    "SoCo-DT, PCGrad, CAGrad).",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name, (module_name, help_text) in COMMANDS.items():
-        module = importlib.import_module(module_name)
+    for name, (configure, command, help_text) in COMMANDS.items():
         command_parser = sub.add_parser(name, help=help_text, description=help_text)
-        module.configure_parser(command_parser)
-        command_parser.set_defaults(_run=module.run_command)
+        configure(command_parser)
+        command_parser.set_defaults(_run=command)
     return parser
 
 

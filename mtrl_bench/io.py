@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +14,8 @@ os.umask(_UMASK)
 
 
 TMP_GLOB = ".*.tmp"  # what atomic_write's temporary files look like
+#: ``.<name>.<random>.<pid>.tmp``: the writer's pid tells a leftover from a write in progress
+_TMP_RE = re.compile(r"^\..+\.(?P<pid>\d+)\.tmp$")
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
@@ -23,7 +26,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     temporary file is removed if anything fails (a write error, Ctrl-C)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".{os.getpid()}.tmp",
+                               dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
@@ -47,15 +51,30 @@ def fsync_path(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def remove_temporary_files(folder: Path) -> list[Path]:
-    """Delete :func:`atomic_write` leftovers in ``folder`` (call only while no other process
-    can be writing there, e.g. under the run directory's lock)."""
+def remove_temporary_files(folder: Path, *, spare_live_writers: bool = False) -> list[Path]:
+    """Delete :func:`atomic_write` leftovers in ``folder``: all of them (call only while no
+    other process can be writing there, e.g. under the run directory's lock), or with
+    ``spare_live_writers`` only those whose writing process no longer runs (a shared
+    dataset folder, where another generator may be writing)."""
     removed = []
     for path in Path(folder).glob(TMP_GLOB):
+        match = _TMP_RE.match(path.name)
+        if spare_live_writers and (not match or _pid_running(int(match["pid"]))):
+            continue
         if path.is_file():
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
+
+
+def _pid_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -4,7 +4,7 @@ A method may do either or both of two things, each a hook the trainer calls:
 
 - **own per-task masks** (the masking family: HarmoDT, SoCo-DT): ``initial_masks`` gives one
   flat ``(num_tasks, num_maskable)`` float32 tensor over the parameters inside the
-  transformer blocks (see :mod:`mtrl_bench.masking`): 1 = used in the task's forward pass
+  transformer blocks (see :mod:`mtrl_bench.training.masking`): 1 = used in the task's forward pass
   and updated at full rate, a value in (0, 1) = absent from the forward pass but updated at
   that fraction (soft mask), 0 = absent and not updated by that task. Every
   ``update_interval`` steps, right after the optimiser step, ``update_masks`` edits them
@@ -33,7 +33,7 @@ import gin
 import torch
 
 from mtrl_bench.errors import UserError
-from mtrl_bench.masking import MaskSegment
+from mtrl_bench.training.masking import MaskSegment
 
 ENTRY_POINT_GROUP = "mtrl_bench.methods"
 ROLES = ("baseline", "proposed", "ablation")
@@ -171,6 +171,16 @@ def build_method(name: str, **overrides) -> Method:
     """An instance of method ``name`` with its gin bindings (``overrides`` win)."""
     get_method_class(name)
     return _CONFIGURABLE[name](**overrides)
+
+
+def method_summaries() -> list[tuple[str, str, str]]:
+    """(method key, role, one-line description) of every registered method."""
+    rows = []
+    for name, cls in registered_methods().items():
+        role = method_role(name)
+        rows.append((name, role.role + (f" of {role.ablation_of}" if role.ablation_of else ""),
+                     describe(cls)))
+    return rows
 
 
 def describe(cls: type[Method]) -> str:

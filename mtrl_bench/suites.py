@@ -7,7 +7,6 @@ goals by the same index, so "goal 7 of reach-v3" means the same start state ever
 
 from __future__ import annotations
 
-import argparse
 import functools
 import random
 import re
@@ -42,6 +41,9 @@ FIXED_SUITES: dict[str, list[str]] = {
     "mt50": MT50,
 }
 NUM_GOALS = 50
+OBS_DIM = 39  # Meta-World observations
+ACTION_DIM = 4  # Meta-World actions, in [-1, 1]
+MAX_EPISODE_STEPS = 500  # Meta-World truncates episodes here; stepping further raises
 GOAL_SEED = 0  # seed of the per-task MT1 benchmark that defines the 50 goals
 _RANDOM_SUITE = re.compile(r"^random-(\d+):(\d+)$")
 
@@ -117,15 +119,3 @@ def make_env(task: str, goal_index: int):
     env = env_class(task)()
     env.set_task(goal_tasks(task)[goal_index])
     return env
-
-
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("names", nargs="*", help=f"suites to show (default: all fixed). "
-                        f"Valid: {suite_names_help()}")
-
-
-def run_command(args: argparse.Namespace) -> int:
-    for name in args.names or list(FIXED_SUITES):
-        tasks = resolve_suite(name)
-        print(f"{name} ({len(tasks)} tasks): {' '.join(tasks)}")
-    return 0

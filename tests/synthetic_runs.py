@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from mtrl_bench.config import default_method_identity
 from mtrl_bench.identity import cell_id
 from mtrl_bench.method import method_role
-from mtrl_bench.rundir import run_dir
-from mtrl_bench.runner import default_method_identity
+from mtrl_bench.runs.rundir import run_dir
 from mtrl_bench.suites import FIXED_SUITES
 
 TASKS = FIXED_SUITES["mt5"]

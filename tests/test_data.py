@@ -14,16 +14,17 @@ import time
 import numpy as np
 import pytest
 
-from mtrl_bench import cli, datagen
-from mtrl_bench.data import (
+from mtrl_bench import cli
+from mtrl_bench.data import generation as datagen
+from mtrl_bench.data.dataset import (
     QUALITIES,
     TaskDataset,
     dataset_path,
     default_data_dir,
-    ensure_suite_dataset,
-    load_harmodt_dataset,
     load_suite_dataset,
 )
+from mtrl_bench.data.external import load_harmodt_dataset
+from mtrl_bench.data.generation import ensure_suite_dataset
 from mtrl_bench.errors import DatasetError
 from mtrl_bench.suites import make_env
 
@@ -95,6 +96,7 @@ def test_stored_actions_replay_to_stored_observations(data_dir):
         assert bool(info["success"]) == ds.successes[episode, t]
 
 
+@pytest.mark.slow
 def test_same_seed_same_data_whatever_the_worker_count(data_dir, tmp_path):
     pooled = ensure_suite_dataset(TASKS, "near-optimal", data_dir=tmp_path, workers=2,
                                   progress=False, **SETTINGS)
@@ -139,6 +141,7 @@ def test_resume_skips_finished_tasks_and_cleans_stale_tmp(copy_dir, capsys):
         _assert_same(after[task], before[task])
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes(tmp_path):
     """Ctrl-C after the first task is written: it stays, the rest is redone on the next run."""
     cmd = [sys.executable, "-m", "mtrl_bench", "data", "--tasks", *TASKS, "--quality",

@@ -15,18 +15,15 @@ import pytest
 import torch
 from mtrl_bench.methods.erk import erk_random_masks
 
-from mtrl_bench.data import TaskDataset
-from mtrl_bench.envpool import EnvPool
+from mtrl_bench.data.dataset import TaskDataset
 from mtrl_bench.errors import UserError
-from mtrl_bench.evaluation import (
-    DecisionTransformerAgent,
-    Evaluator,
-    ScriptedExpertAgent,
-    metaworld_reference_evaluation,
-)
-from mtrl_bench.masking import TaskMasks
-from mtrl_bench.model import PromptDT, PromptDTConfig
+from mtrl_bench.evaluation.agents import DecisionTransformerAgent, ScriptedExpertAgent
+from mtrl_bench.evaluation.crosscheck import metaworld_reference_evaluation
+from mtrl_bench.evaluation.envpool import EnvPool
+from mtrl_bench.evaluation.evaluator import Evaluator
 from mtrl_bench.suites import make_env
+from mtrl_bench.training.masking import TaskMasks
+from mtrl_bench.training.model import PromptDT, PromptDTConfig
 
 TASKS = ["reach-v3", "pick-place-v3"]
 GOALS = [0, 1, 2]
@@ -78,6 +75,7 @@ def _assert_same_as_metaworld(result, reference):
         np.testing.assert_allclose(ours, returns[task], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_scripted_expert_matches_metaworld_evaluator(expert_result):
     reference = metaworld_reference_evaluation(ScriptedExpertAgent(TASKS), TASKS, GOALS, STEPS)
     _assert_same_as_metaworld(expert_result, reference)
@@ -94,6 +92,7 @@ def test_scripted_expert_matches_metaworld_evaluator(expert_result):
         assert e.first_success_step is None or 0 <= e.first_success_step < STEPS
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("conditioning", ["prompt", "task_id"])
 def test_masked_dt_matches_metaworld_and_is_deterministic(evaluator, conditioning):
     datasets = {task: _expert_dataset(task, [10, 11], 40) for task in TASKS}
@@ -140,6 +139,7 @@ def test_overlapped_halves_give_the_same_episodes(evaluator, expert_result):
             evaluator.overlap = True
 
 
+@pytest.mark.slow
 def test_rounds_and_goal_subsets_do_not_change_episodes(evaluator, expert_result):
     first_goal = evaluator.evaluate(ScriptedExpertAgent(TASKS), num_goals=1)
     assert first_goal.episodes == [e for e in expert_result.episodes if e.goal == GOALS[0]]
@@ -157,6 +157,7 @@ def test_rounds_and_goal_subsets_do_not_change_episodes(evaluator, expert_result
     assert not any(p.is_alive() for p in processes)
 
 
+@pytest.mark.slow
 def test_pool_matches_fresh_env_and_a_crash_names_task_and_goal():
     with EnvPool(["reach-v3"], goal_indices=[4], workers=1) as pool:
         pool.set_goals([4])
@@ -185,7 +186,8 @@ def test_bad_arguments_are_user_errors(kwargs, message):
 
 CTRL_C_SCRIPT = """
 import sys
-from mtrl_bench.evaluation import Evaluator, ScriptedExpertAgent
+from mtrl_bench.evaluation.agents import ScriptedExpertAgent
+from mtrl_bench.evaluation.evaluator import Evaluator
 with Evaluator(["reach-v3", "pick-place-v3"], num_goals=10, workers=2) as ev:
     print(" ".join(str(p.pid) for p in ev.pool.processes), flush=True)
     while True:

@@ -9,15 +9,12 @@ import numpy as np
 import pytest
 
 from mtrl_bench.cli import main
-from mtrl_bench.data import (
-    HARMODT_TARGET_RETURN,
-    ensure_suite_dataset,
-    plan_external_suite,
-)
+from mtrl_bench.config import plan_run, target_return
+from mtrl_bench.data.external import HARMODT_TARGET_RETURN, plan_external_suite
+from mtrl_bench.data.generation import ensure_suite_dataset
 from mtrl_bench.errors import DatasetError, UserError
-from mtrl_bench.runner import plan_run, target_return
-from mtrl_bench.sampling import TaskBatchSampler
 from mtrl_bench.suites import resolve_suite
+from mtrl_bench.training.sampling import TaskBatchSampler
 
 TASKS = resolve_suite("random-2:0")  # the tiny preset's suite
 EPISODES = 6
@@ -77,7 +74,7 @@ def test_splits_and_held_out_prompts(buffer, generated, tmp_path):
 
 
 def test_identity_records_the_data_and_notices_a_change(buffer):
-    plan = plan_run("socodt", "tiny", flags={"data": f"harmodt:{buffer}"})
+    plan = plan_run("socodt", "tiny", overrides={"data": f"harmodt:{buffer}"})
     protocol = plan.identity["protocol"]
     assert protocol["dataset.source"] == "harmodt" and protocol["dataset.root"] == str(buffer)
     assert protocol["dataset.episodes"] == {t: 4 for t in TASKS}
@@ -89,11 +86,12 @@ def test_identity_records_the_data_and_notices_a_change(buffer):
     arrays = dict(np.load(episode))
     arrays["rewards"] = arrays["rewards"] * 1.5
     np.savez(episode, **arrays)
-    changed = plan_run("socodt", "tiny", flags={"data": f"harmodt:{buffer}"})
+    changed = plan_run("socodt", "tiny", overrides={"data": f"harmodt:{buffer}"})
     assert changed.identity["protocol"]["dataset.fingerprint"] != protocol["dataset.fingerprint"]
     assert changed.cell != plan.cell
 
 
+@pytest.mark.slow
 def test_a_run_on_harmodt_data_ends_in_its_own_cell(buffer, generated, tmp_path, capsys):
     results = tmp_path / "results"
     common = ["--method", "socodt", "--preset", "tiny", "--results-dir", str(results),
@@ -105,7 +103,7 @@ def test_a_run_on_harmodt_data_ends_in_its_own_cell(buffer, generated, tmp_path,
     capsys.readouterr()
     table = (results / "tables" / "table1.csv").read_text()
     assert "random-2:0 near-optimal (harmodt data)" in table
-    path = plan_run("socodt", "tiny", flags={"data": f"harmodt:{buffer}"},
+    path = plan_run("socodt", "tiny", overrides={"data": f"harmodt:{buffer}"},
                     results=results).path
     final = json.loads((path / "final.json").read_text())
     assert final["final"]["num_goals"] == 3
@@ -148,11 +146,11 @@ def test_options_and_bad_input(buffer):
         target_return("lots")
     with pytest.raises(UserError, match="Run.episodes has no effect: it describes generated"):
         plan_run("socodt", "tiny", bindings=["Run.episodes = 4"],
-                 flags={"data": f"harmodt:{buffer}"})
+                 overrides={"data": f"harmodt:{buffer}"})
     with pytest.raises(UserError, match="unknown data source 'nowhere'"):
-        plan_run("socodt", "tiny", flags={"data": "nowhere"})
+        plan_run("socodt", "tiny", overrides={"data": "nowhere"})
     with pytest.raises(DatasetError, match="does not exist"):
-        plan_run("socodt", "tiny", flags={"data": f"harmodt:{buffer}-missing"})
+        plan_run("socodt", "tiny", overrides={"data": f"harmodt:{buffer}-missing"})
     with pytest.raises(DatasetError, match="has quality folders but no sub-optimal"):
         (buffer / "near-optimal").mkdir()
         plan_external_suite(buffer, TASKS, "sub-optimal")

@@ -16,7 +16,7 @@ import torch
 from mtrl_bench.methods.cagrad import cagrad_direction, cagrad_weights
 from mtrl_bench.methods.pcgrad import pcgrad_coefficients
 
-from mtrl_bench.data import ensure_suite_dataset
+from mtrl_bench.data.generation import ensure_suite_dataset
 from mtrl_bench.method import (
     GradientContext,
     Method,
@@ -24,8 +24,8 @@ from mtrl_bench.method import (
     register_method,
     registered_methods,
 )
-from mtrl_bench.model import PromptDTConfig
-from mtrl_bench.trainer import Trainer, masked_action_loss
+from mtrl_bench.training.model import PromptDTConfig
+from mtrl_bench.training.trainer import Trainer, masked_action_loss
 
 TASKS = ["reach-v3", "button-press-v3", "drawer-close-v3"]
 TINY = dict(n_layer=2, n_embd=32, n_head=2, n_inner=64, dropout=0.0, context_len=8, prompt_len=3)
@@ -290,6 +290,7 @@ def test_masks_and_gradient_combination_together(datasets):
     assert trainer.method.calls == 4 and trainer.method.seen.shape == trainer.masks.soft.shape
 
 
+@pytest.mark.slow
 def test_existing_methods_train_bit_for_bit_as_before_the_method_api():
     """Values recorded before methods could combine gradients (tools/record_training.py,
     tests/data/training_reference.json): every built-in method's losses, parameters and
@@ -312,6 +313,7 @@ def test_existing_methods_train_bit_for_bit_as_before_the_method_api():
             np.testing.assert_allclose(ours, theirs, rtol=1e-4, err_msg=name)
 
 
+@pytest.mark.slow
 def test_importing_a_method_module_by_its_repository_path_is_harmless():
     code = ("import methods.socodt, methods.pcgrad\n"
             "from mtrl_bench.method import registered_methods, get_method_class\n"
@@ -338,7 +340,7 @@ def test_gradient_methods_are_listed_with_their_parameters(capsys):
 def test_memory_of_per_task_gradients_is_stated():
     """MT50 with the paper model: 50 x 5.29M float32 gradients = 1.06 GB a step."""
     config = PromptDTConfig()
-    from mtrl_bench.model import PromptDT
+    from mtrl_bench.training.model import PromptDT
 
     params = sum(p.numel() for p in PromptDT(config).parameters())
     assert math.isclose(50 * params * 4 / 1e9, 1.06, abs_tol=0.01)

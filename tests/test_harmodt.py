@@ -6,8 +6,8 @@ import pytest
 import torch
 from mtrl_bench.methods.harmodt import prune_count
 
-from mtrl_bench.masking import MaskSegment
 from mtrl_bench.method import MaskUpdateContext, build_method
+from mtrl_bench.training.masking import MaskSegment
 
 # Two tasks, eight entries. gbar = mean(g0, g1) = [0.1, 0.3, 0.25, 1, 0.1, 1, 1, 1].
 G0 = [-1.0, -0.3, -0.2, 0.01, 0.2, 0.3, -0.4, 0.8]

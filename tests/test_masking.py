@@ -4,8 +4,8 @@ import copy
 
 import torch
 
-from mtrl_bench.masking import TaskMasks
-from mtrl_bench.model import PromptDT, PromptDTConfig
+from mtrl_bench.training.masking import TaskMasks
+from mtrl_bench.training.model import PromptDT, PromptDTConfig
 
 
 def _random_batch(n, b, k, p):

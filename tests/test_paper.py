@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 from synthetic_runs import FakeRun, identity, write
 
+from mtrl_bench.analysis.paper import load_reference
 from mtrl_bench.cli import main
 from mtrl_bench.identity import cell_id
-from mtrl_bench.paper import load_reference
-from mtrl_bench.rundir import run_dir
+from mtrl_bench.runs.rundir import run_dir
 from mtrl_bench.suites import FIXED_SUITES, resolve_suite
 
 PAPER_TEXT = Path(__file__).resolve().parents[2] / "shared" / "reference" / "socodt-paper.txt"

@@ -8,7 +8,7 @@ import pytest
 from scipy import stats as sps
 from synthetic_runs import build, main_runs
 
-from mtrl_bench import plots
+from mtrl_bench.analysis import plots
 from mtrl_bench.cli import main
 from mtrl_bench.method import histogram_edges
 
@@ -80,6 +80,19 @@ def test_mask_sparsity_is_aggregated_per_row(synthetic):
     assert len(fig.axes) == 1  # one panel, not one per run
 
 
+def test_beta_schedule_draws_each_rows_recorded_betas(synthetic):
+    _, runs, columns, _ = synthetic
+    fig = plots.beta_schedule(column(columns, "MT5 near-optimal [1]"), "near")
+    members = main_runs(runs, "socodt", "near-optimal")
+    expected = sorted({(r["step"], r["beta"]) for run in members for r in run.records
+                       if r["kind"] == "mask" and r.get("beta") is not None})
+    curve = line(fig.axes[0], "socodt")
+    assert list(zip(curve.get_xdata(), curve.get_ydata())) == expected
+    labels = {li.get_label() for li in fig.axes[0].get_lines()}
+    assert not any(label.startswith(("promptdt", "mtdt")) for label in labels)  # no masks
+    assert fig.axes[0].get_xlabel() == "step"
+
+
 def test_conflict_histogram_in_score_units_with_thresholds(synthetic):
     _, runs, columns, _ = synthetic
     series = column(columns, "MT5 near-optimal [1]")
@@ -125,6 +138,7 @@ def test_sensitivity_figure_for_a_one_setting_difference(tmp_path):
     assert low_caps[0] == pytest.approx(100 * (per_run.mean() - half))
 
 
+@pytest.mark.slow
 def test_plot_command_writes_every_figure_and_an_index(synthetic, capsys):
     root, _, _, _ = synthetic
     assert main(["plot", "--results-dir", str(root)]) == 0

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mtrl_bench import cli
-from mtrl_bench.data import ensure_suite_dataset
+from mtrl_bench.data.generation import ensure_suite_dataset
 from mtrl_bench.errors import UserError
 from mtrl_bench.method import (
     Method,
@@ -15,8 +15,8 @@ from mtrl_bench.method import (
     get_method_class,
     register_method,
 )
-from mtrl_bench.model import PromptDTConfig
-from mtrl_bench.trainer import Trainer
+from mtrl_bench.training.model import PromptDTConfig
+from mtrl_bench.training.trainer import Trainer
 
 
 @register_method("test-agreement")
@@ -64,6 +64,7 @@ def clean_gin():
     gin.clear_config()
 
 
+@pytest.mark.slow
 def test_a_mask_method_defined_outside_the_package_trains(tmp_path):
     datasets = ensure_suite_dataset(["reach-v3", "drawer-close-v3"], "near-optimal",
                                     data_dir=tmp_path, episodes=3, episode_length=30,
@@ -139,7 +140,7 @@ def test_a_registered_role_places_the_method_in_the_tables(tmp_path, capsys):
     from synthetic_runs import FakeRun, identity, write
 
     from mtrl_bench.identity import cell_id
-    from mtrl_bench.rundir import run_dir
+    from mtrl_bench.runs.rundir import run_dir
 
     for method in ("promptdt", "test-agreement", "test-agreement-hard"):
         ident = identity(method, "near-optimal")

@@ -15,8 +15,8 @@ import time
 import pytest
 
 from mtrl_bench.cli import main
-from mtrl_bench.rundir import LOCK_FILE, MetricsLog, is_finished, lock_holder
-from mtrl_bench.runner import plan_run
+from mtrl_bench.config import plan_run
+from mtrl_bench.runs.rundir import LOCK_FILE, MetricsLog, is_finished, lock_holder
 
 TINY = ["--preset", "tiny", "--no-progress"]
 
@@ -40,6 +40,7 @@ def _path(results, method, *bindings):
     return plan_run(method, "tiny", bindings=list(bindings), results=results).path
 
 
+@pytest.mark.slow
 def test_a_locked_run_directory_admits_one_process(tmp_path, data_dir, capsys):
     """Two real processes on one run: the second stops at once naming the first; a sweep
     skips the cell; a lock left by a dead process is taken over with a message; leftover
@@ -80,6 +81,7 @@ def test_a_locked_run_directory_admits_one_process(tmp_path, data_dir, capsys):
     assert lock_holder(path) is None and (path / LOCK_FILE).read_text() == ""
 
 
+@pytest.mark.slow
 def test_a_diverging_run_stops_with_one_line_and_says_so_when_rerun(tmp_path, data_dir):
     results = tmp_path / "results"
     args = ["--method", "socodt", "--gin_binding", "Trainer.learning_rate = 1e6"]
@@ -109,7 +111,9 @@ def test_a_diverging_run_stops_with_one_line_and_says_so_when_rerun(tmp_path, da
 
 KILLER = textwrap.dedent("""
     import os, signal, sys
-    from mtrl_bench import cli, rundir, runner, trainer
+    from mtrl_bench import cli
+    from mtrl_bench.runs import rundir, runner
+    from mtrl_bench.training import trainer
     point, count = sys.argv[1], int(sys.argv[2])
     seen = [0]
 
@@ -151,6 +155,7 @@ def _log(path):
             for r in MetricsLog(path / "metrics.jsonl").records()]
 
 
+@pytest.mark.slow
 def test_kills_at_every_record_boundary_leave_no_duplicate_or_missing_records(tmp_path,
                                                                               data_dir):
     """SIGKILL right after each kind of record (and after a checkpoint, and after
@@ -190,6 +195,7 @@ def _limited_file_size(limit: int):
     return apply
 
 
+@pytest.mark.slow
 def test_a_write_that_fails_mid_run_is_one_line_naming_the_file(tmp_path, data_dir):
     """Files may not grow past 50 kB: the first checkpoint cannot be written (as on a full
     disk). One line names it, and no temporary file is left behind."""
@@ -205,6 +211,7 @@ def test_a_write_that_fails_mid_run_is_one_line_naming_the_file(tmp_path, data_d
     assert not list(path.glob(".*.tmp")) and not (path / "checkpoint.pt").exists()
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_naming_the_file(tmp_path, data_dir):
     """A real full filesystem: a 200 kB tmpfs (needs mount rights; skipped without them)."""
     mount = tmp_path / "small"
@@ -262,6 +269,7 @@ def test_an_unusable_data_dir_is_one_line_before_anything_is_written(tmp_path, c
     assert code == 2 and len(err.splitlines()) == 1 and str(blocker) in err, err
 
 
+@pytest.mark.slow
 def test_a_checkpoint_without_its_log_is_not_resumed(tmp_path, data_dir):
     """As after a --force interrupted midway by an older version: records are gone, so the
     run must start over rather than finish with a log that lacks them."""

@@ -10,8 +10,8 @@ import time
 import pytest
 
 from mtrl_bench.cli import main
-from mtrl_bench.rundir import MetricsLog, is_finished
-from mtrl_bench.runner import plan_run
+from mtrl_bench.config import plan_run
+from mtrl_bench.runs.rundir import MetricsLog, is_finished
 
 TINY = ["--preset", "tiny", "--no-progress"]
 
@@ -42,6 +42,7 @@ def _path(dirs, method, *bindings):
     return plan_run(method, "tiny", bindings=bindings, results=dirs["results"]).path
 
 
+@pytest.mark.slow
 def test_end_to_end_run_writes_a_complete_run_directory(dirs, capsys):
     assert _cli(dirs, "--method", "socodt", "--wandb", "offline") == 0
     path = _path(dirs, "socodt")
@@ -127,13 +128,14 @@ def test_identity_is_by_value():
     # the seed makes a replicate of the same cell
     assert plan_run("socodt", "tiny", bindings=["Run.seed = 3"]).cell == base.cell
     # one suite, one spelling; its task list is part of the identity
-    assert plan_run("socodt", "tiny", flags={"suite": "random-02:00"}).cell == base.cell
+    assert plan_run("socodt", "tiny", overrides={"suite": "random-02:00"}).cell == base.cell
     assert base.identity["protocol"]["dataset.tasks"] == ["peg-insert-side-v3",
                                                           "stick-pull-v3"]
     # what the trainer computes in is part of it (bf16 on CUDA only): same here on a CPU
     assert plan_run("socodt", "tiny", bindings=["Trainer.bf16 = False"]).cell == base.cell
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_result(dirs):
     """SIGKILL mid-training, rerun: the final result equals an uninterrupted run's."""
     env = _subprocess_env(dirs)

@@ -26,9 +26,9 @@ from mtrl_bench.methods.socodt import (
 )
 
 from mtrl_bench.errors import UserError
-from mtrl_bench.masking import TaskMasks
 from mtrl_bench.method import MaskUpdateContext, Method, build_method, get_method_class
-from mtrl_bench.model import PromptDT, PromptDTConfig
+from mtrl_bench.training.masking import TaskMasks
+from mtrl_bench.training.model import PromptDT, PromptDTConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "methods"
 
@@ -438,9 +438,9 @@ def test_soft_masks_drop_entries_from_forward_and_scale_gradients():
 
 def test_random_masks_start_as_socodt_and_never_change(tmp_path):
     """The control: the same initial masks as socodt for a seed, then no TAMU at all."""
-    from mtrl_bench.data import ensure_suite_dataset
-    from mtrl_bench.model import PromptDTConfig
-    from mtrl_bench.trainer import Trainer
+    from mtrl_bench.data.generation import ensure_suite_dataset
+    from mtrl_bench.training.model import PromptDTConfig
+    from mtrl_bench.training.trainer import Trainer
 
     data = ensure_suite_dataset(["reach-v3", "button-press-v3"], "near-optimal",
                                 data_dir=tmp_path, episodes=4, episode_length=30, workers=1,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from mtrl_bench import stats
+from mtrl_bench.analysis import stats
 
 RESAMPLES = 500
 

@@ -5,10 +5,10 @@ import json
 import pandas as pd
 import pytest
 
-from mtrl_bench.cli import main
-from mtrl_bench.rundir import is_finished
-from mtrl_bench.runner import plan_run
-from mtrl_bench.sweep import build_grid, run_ray
+from mtrl_bench.cli import build_parser, main, run_request
+from mtrl_bench.config import RunRequest, plan_run
+from mtrl_bench.runs.rundir import is_finished
+from mtrl_bench.runs.sweep import build_grid, run_ray
 
 
 @pytest.fixture(scope="module")
@@ -20,6 +20,7 @@ def _run_args(data_dir):
     return ["--preset", "tiny", "--data-dir", data_dir, "--no-progress"]
 
 
+@pytest.mark.slow
 def test_local_sweep_runs_the_grid_and_skips_finished_runs(tmp_path, data_dir, capsys):
     results = str(tmp_path / "results")
     argv = ["sweep", "--methods", "promptdt", "harmodt-r", "--suites", "random-2:0",
@@ -38,6 +39,7 @@ def test_local_sweep_runs_the_grid_and_skips_finished_runs(tmp_path, data_dir, c
     assert "0 already finished, 0 locked by another process, 2 to run" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_run_and_sweep_land_in_one_cell(tmp_path, data_dir, capsys):
     """`run` leaves --quality to the preset, `sweep` passes it: still one cell (n=2)."""
     results = str(tmp_path / "results")
@@ -76,12 +78,37 @@ def test_grid_points_are_cells_and_apply_only_where_they_take_effect(tmp_path, d
         assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("request_", [
+    RunRequest("socodt"),
+    RunRequest("promptdt", preset="tiny", gin_files=("a.gin", "b c.gin"),
+               bindings=("Trainer.learning_rate = 1e-4", "SOCODT_BETA_MIN = 3"),
+               suite="random-3:7", quality="sub-optimal", seed=4, data="harmodt:/d",
+               device="cpu", results_dir="r", data_dir="d", force=True, regenerate_data=True,
+               wandb="offline", progress=False),
+])
+def test_a_sweep_runs_each_request_as_the_command_line_that_makes_it(request_):
+    """A sweep starts each run as `mtrl-bench run <request.command_args()>`: parsing them
+    back must give the very same request."""
+    args = build_parser().parse_args(["run", *request_.command_args()])
+    assert run_request(args) == request_
+
+
+def test_sweep_run_options_refuse_what_the_sweep_sets(capsys):
+    for given in ("--seed", "--suite", "--method", "--quality"):
+        assert main(["sweep", "--methods", "socodt", "--suites", "mt5", "--dry-run", "--",
+                     given, "x"]) == 2
+        assert f"{given} after '--': the sweep sets it; use {given}s" in capsys.readouterr().err
+    assert main(["sweep", "--methods", "socodt", "--suites", "mt5", "--dry-run", "--",
+                 "--presets", "tiny"]) == 2
+    assert "unknown run option(s) after '--': --presets tiny" in capsys.readouterr().err
+
+
 def test_local_executor_never_puts_two_runs_on_one_gpu(monkeypatch):
     """Runs of unequal length each take a free GPU from the visible ones and give it back."""
     import threading
     import time
 
-    from mtrl_bench import sweep
+    from mtrl_bench.runs import sweep
 
     lock, busy, seen = threading.Lock(), set(), []
 
@@ -91,23 +118,26 @@ def test_local_executor_never_puts_two_runs_on_one_gpu(monkeypatch):
             assert gpu not in busy, f"{spec.label} got GPU {gpu}, already in use"
             busy.add(gpu)
             seen.append(gpu)
-        time.sleep(0.05 if spec.seed % 3 else 0.2)
+        time.sleep(0.05 if spec.request.seed % 3 else 0.2)
         with lock:
             busy.remove(gpu)
         return spec.label, 0
 
     monkeypatch.setattr(sweep, "_visible_gpus", lambda: ["4", "6"])
     monkeypatch.setattr(sweep, "_run_one", fake_run)
-    specs = [sweep.RunSpec("promptdt", "mt5", "near-optimal", seed) for seed in range(8)]
+    specs = [sweep.RunSpec(RunRequest("promptdt", suite="mt5", quality="near-optimal",
+                                      seed=seed)) for seed in range(8)]
     codes = sweep.run_local(specs)
     assert len(codes) == 8 and set(seen) == {"4", "6"}
 
 
+@pytest.mark.slow
 def test_ray_executor_runs_on_a_real_local_ray_instance(tmp_path, data_dir):
     pytest.importorskip("ray")
     results = str(tmp_path / "results")
-    specs = build_grid(["mtdt"], ["random-2:0"], ["near-optimal"], [3],
-                       [*_run_args(data_dir), "--results-dir", results])
+    common = RunRequest("", preset="tiny", data_dir=data_dir, progress=False,
+                        results_dir=results)
+    specs = build_grid(["mtdt"], ["random-2:0"], ["near-optimal"], [3], common)
     codes = run_ray(specs, address=None, gpus_per_run=0)
     assert codes == {"random-2:0/near-optimal/mtdt/seed3": 0}
     path = plan_run("mtdt", "tiny", bindings=["Run.seed = 3"], results=results).path
@@ -132,6 +162,7 @@ def test_sweep_rejects_bad_grids_before_running_anything(tmp_path, capsys, flag,
     assert message in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_sweep_regenerates_damaged_data_once_before_its_runs(tmp_path, capsys):
     data = tmp_path / "data"
     assert main(["data", "--suite", "random-2:0", "--quality", "near-optimal", "--episodes",

@@ -13,8 +13,8 @@ import pytest
 from scipy import stats as sps
 from synthetic_runs import ENTRIES, TASKS, build, main_runs, scores
 
+from mtrl_bench.analysis.render import MINUS
 from mtrl_bench.cli import main
-from mtrl_bench.render import MINUS
 
 RESAMPLES = "200"
 NEAR, SUB = "MT5 near-optimal [1]", "MT5 sub-optimal"  # [2]: the other budget
@@ -320,7 +320,7 @@ def test_the_default_variant_keeps_the_plain_name_and_only_it_can_be_the_referen
     from synthetic_runs import FakeRun, identity, write
 
     from mtrl_bench.identity import cell_id
-    from mtrl_bench.rundir import run_dir
+    from mtrl_bench.runs.rundir import run_dir
 
     plan = [("socodt", {}, 2, 0.6), ("socodt", {"beta_min": 1.0}, 5, 0.5),
             ("harmodt-f", {}, 3, 0.4), ("harmodt-f", {"k_max": 50}, 3, 0.9)]

@@ -157,7 +157,7 @@ class AsyncVectorBaseline:
 
 def naive_rollouts(model, masks, prompts, task_index, task, goals, max_steps, autocast):
     """Sequential batch-1 rollouts (one env, one forward per step); returns steps/s."""
-    from mtrl_bench.evaluation import DecisionTransformerAgent
+    from mtrl_bench.evaluation.agents import DecisionTransformerAgent
     from mtrl_bench.suites import make_env
 
     agent = DecisionTransformerAgent(model, masks, [prompts[task_index]], np.zeros((1, 39)),
@@ -176,7 +176,7 @@ def naive_rollouts(model, masks, prompts, task_index, task, goals, max_steps, au
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mtrl_bench.model import PromptDTConfig
+    from mtrl_bench.training.model import PromptDTConfig
 
     defaults = PromptDTConfig()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -198,11 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from mtrl_bench.methods.erk import erk_random_masks
 
-    from mtrl_bench.evaluation import DecisionTransformerAgent, Evaluator, ScriptedExpertAgent
-    from mtrl_bench.masking import TaskMasks
-    from mtrl_bench.model import PromptDT
+    from mtrl_bench.evaluation.agents import DecisionTransformerAgent, ScriptedExpertAgent
+    from mtrl_bench.evaluation.evaluator import Evaluator
     from mtrl_bench.suites import MT50
-    from mtrl_bench.trainer import resolve_device
+    from mtrl_bench.training.masking import TaskMasks
+    from mtrl_bench.training.model import PromptDT
+    from mtrl_bench.training.trainer import resolve_device
 
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)

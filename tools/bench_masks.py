@@ -23,16 +23,16 @@ import time
 import torch
 from tabulate import tabulate
 
+from mtrl_bench.config import CONFIG_DIR, parse_gin_files
 from mtrl_bench.errors import UserError
-from mtrl_bench.masking import MaskSegment
 from mtrl_bench.method import (
     MaskUpdateContext,
     Method,
     build_method,
     registered_methods,
 )
-from mtrl_bench.model import PromptDT, PromptDTConfig
-from mtrl_bench.runner import CONFIG_DIR, parse_gin_files
+from mtrl_bench.training.masking import MaskSegment
+from mtrl_bench.training.model import PromptDT, PromptDTConfig
 
 DEFAULT_METHODS = ("socodt", "socodt-hard", "socodt-fixed", "socodt-nomag", "harmodt-f")
 

@@ -22,23 +22,23 @@ update under 50 ms.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
+import itertools
 import resource
 import statistics
 import sys
 import time
-from pathlib import Path
 
-import gin
 import numpy as np
 import torch
 
-from mtrl_bench.data import TaskDataset
+from mtrl_bench.config import CONFIG_DIR, parse_gin_files
+from mtrl_bench.data.dataset import TaskDataset
 from mtrl_bench.method import build_method
-from mtrl_bench.model import PromptDT, PromptDTConfig
-from mtrl_bench.trainer import Trainer, resolve_device
+from mtrl_bench.training.model import PromptDT, PromptDTConfig
+from mtrl_bench.training.trainer import Trainer, masked_action_loss, resolve_device
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 MASK_UPDATE_SEQUENCES = 4000  # HarmoDT: every 500 iterations of 8 sequences
 
 
@@ -118,13 +118,56 @@ def bench_batched(datasets, method: str, args) -> dict:
     return out
 
 
+def reference_iteration(trainer: Trainer, task: int) -> float:
+    """One iteration shaped like the HarmoDT reference loop, on the batched trainer's model,
+    masks and optimiser: train ONE task on ``batch_size`` sequences: copy the state dict,
+    write θ ⊙ M_i into the model, forward/backward in float32, clip, mask the gradient,
+    step, put the saved values back into the entries task i does not use, and read the loss
+    back to the host, as the reference does every iteration."""
+    batch = trainer.sampler.sample(tasks=trainer.sampler.all_tasks[task:task + 1],
+                                   with_prompt=trainer.config.conditioning == "prompt")
+    saved = copy.deepcopy(trainer.model.state_dict())
+    named = trainer.model.maskable_parameters()
+    row = None if trainer.masks is None else [
+        trainer.masks.soft[task, seg.offset:seg.stop].view(seg.shape) == 1
+        for seg in trainer.model.mask_segments
+    ]
+    if row is not None:
+        with torch.no_grad():
+            for (_, param), keep in zip(named, row):
+                param.mul_(keep)
+    prompt = batch.get("prompt") if trainer.config.conditioning == "prompt" else None
+    pred = trainer.model(batch["states"], batch["actions"], batch["returns_to_go"],
+                         batch["timesteps"], batch["attention_mask"], prompt=prompt,
+                         task_ids=batch["task_ids"])
+    loss = masked_action_loss(pred, batch["actions"], batch["attention_mask"]).mean()
+    trainer.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(trainer.model.parameters(), trainer.grad_clip)
+    if row is not None:
+        for (_, param), keep in zip(named, row):
+            param.grad.mul_(keep)
+    trainer.optimizer.step()
+    trainer.scheduler.step()
+    if row is not None:
+        with torch.no_grad():
+            for (name, param), keep in zip(named, row):
+                param.copy_(torch.where(keep, param, saved[name]))
+    return loss.item()
+
+
 def bench_reference(datasets, args) -> dict:
     trainer = make_trainer(datasets, "harmodt-f", args, bf16=False)
     device = trainer.device
+    tasks = itertools.cycle(range(trainer.num_tasks))  # round-robin, as the reference
+
+    def iteration():
+        return reference_iteration(trainer, next(tasks))
+
     for _ in range(min(args.warmup, 3) * len(datasets)):
-        trainer.reference_step()
+        iteration()
     reset_peak(device)
-    seconds = timed(trainer.reference_step, args.reference_iterations, device)
+    seconds = timed(iteration, args.reference_iterations, device)
     return {"sequences_per_s": args.reference_iterations * args.batch / seconds,
             "iteration_ms": 1000 * seconds / args.reference_iterations,
             "peak_mib": peak_mib(device)}
@@ -149,7 +192,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    gin.parse_config_file(str(CONFIG_DIR / "model" / f"{args.preset}.gin"))
+    parse_gin_files([CONFIG_DIR / "model" / f"{args.preset}.gin"])
     device = resolve_device(args.device)
     args.device = str(device)
     datasets = synthetic_datasets(args.tasks, args.episodes)

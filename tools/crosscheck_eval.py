@@ -53,9 +53,9 @@ def compare(name: str, result, reference, rtol: float = 1e-5) -> bool:
 def train_small_model(tasks: list[str], episodes: int, episode_length: int, steps: int,
                       method: str, seed: int):
     """A tiny Prompt-DT trained for a few hundred steps on a fresh near-optimal dataset."""
-    from mtrl_bench.data import ensure_suite_dataset
-    from mtrl_bench.model import PromptDTConfig
-    from mtrl_bench.trainer import Trainer
+    from mtrl_bench.data.generation import ensure_suite_dataset
+    from mtrl_bench.training.model import PromptDTConfig
+    from mtrl_bench.training.trainer import Trainer
 
     with tempfile.TemporaryDirectory() as data_dir:
         datasets = ensure_suite_dataset(tasks, "near-optimal", data_dir=data_dir,
@@ -85,12 +85,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from mtrl_bench.evaluation import (
-        DecisionTransformerAgent,
-        Evaluator,
-        ScriptedExpertAgent,
-        metaworld_reference_evaluation,
-    )
+    from mtrl_bench.evaluation.agents import DecisionTransformerAgent, ScriptedExpertAgent
+    from mtrl_bench.evaluation.crosscheck import metaworld_reference_evaluation
+    from mtrl_bench.evaluation.evaluator import Evaluator
     from mtrl_bench.suites import normalize_task_name
 
     tasks = [normalize_task_name(t) for t in args.tasks]

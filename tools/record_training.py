@@ -20,10 +20,10 @@ import tempfile
 
 import torch
 
-from mtrl_bench.data import ensure_suite_dataset
+from mtrl_bench.data.generation import ensure_suite_dataset
 from mtrl_bench.method import build_method, registered_methods
-from mtrl_bench.model import PromptDTConfig
-from mtrl_bench.trainer import Trainer
+from mtrl_bench.training.model import PromptDTConfig
+from mtrl_bench.training.trainer import Trainer
 
 TASKS = ["reach-v3", "button-press-v3"]
 TINY = dict(n_layer=2, n_embd=32, n_head=2, n_inner=64, dropout=0.1, context_len=8,

@@ -1,6 +1,6 @@
 """`mtrl-bench plot`: figures from the run directories, grouped exactly as the tables are.
 
-Only finished runs count, in the cells of :func:`mtrl_bench.rundir.group_cells` (one
+Only finished runs count, in the cells of :func:`mtrl_bench.runs.rundir.group_cells` (one
 identity per cell; never mixed budgets or method parameters). Per column (suite x dataset
 quality x protocol) it writes PNGs into the output folder:
 
@@ -23,30 +23,27 @@ An ``index.md`` lists the figures and the runs left out with why.
 
 from __future__ import annotations
 
-import argparse
 import math
 import re
 from pathlib import Path
 
 import numpy as np
 
-from mtrl_bench import stats
-from mtrl_bench.errors import UserError
-from mtrl_bench.identity import flatten, format_value
-from mtrl_bench.io import atomic_write, atomic_write_text
-from mtrl_bench.method import histogram_edges
-from mtrl_bench.rundir import (
+from mtrl_bench.analysis import stats
+from mtrl_bench.analysis.cells import (
     Cell,
     Column,
-    MetricsLog,
-    add_results_arguments,
     column_key,
     group_cells,
-    results_paths,
     row_key,
     scan_runs,
     suite_label,
 )
+from mtrl_bench.errors import UserError
+from mtrl_bench.identity import flatten, format_value
+from mtrl_bench.io import atomic_write, atomic_write_text
+from mtrl_bench.method import histogram_edges
+from mtrl_bench.runs.rundir import MetricsLog
 
 Series = list[tuple[Cell, list[list[dict]]]]  # cells of one column with each run's records
 
@@ -291,8 +288,8 @@ def _numeric(values: list) -> bool:
 def _derived_keys() -> set[str]:
     """Identity keys the runner derives from others (steps from budgets, goal counts...):
     they change along with a setting and are not settings of their own."""
+    from mtrl_bench.config import RUNNER_SET
     from mtrl_bench.identity import SECTIONS
-    from mtrl_bench.runner import RUNNER_SET
 
     return {f"{SECTIONS.get(owner, owner)}.{param}" for owner, params in RUNNER_SET.items()
             for param in params} | {"dataset.tasks"}
@@ -407,18 +404,3 @@ def build_plots(runs_dir: Path, out: Path) -> tuple[list[Path], list[str], list[
     except OSError as err:
         raise UserError(f"cannot write {out / 'index.md'}: {err.strerror or err}") from None
     return files, skipped, left_out
-
-
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    add_results_arguments(parser, "figures")
-
-
-def run_command(args: argparse.Namespace) -> int:
-    files, skipped, left_out = build_plots(*results_paths(args, "figures"))
-    for message in skipped:
-        print(message)
-    for line in left_out:
-        print(f"left out: {line}")
-    for path in files:
-        print(f"wrote {path}")
-    return 0

@@ -2,7 +2,7 @@
 
 A step draws B sequences from every task (:class:`TaskBatchSampler`), runs ONE batched
 forward/backward in which task i uses its effective weights θ ⊙ 1[M_i = 1] and sends its
-gradient back scaled by M_i (:mod:`mtrl_bench.masking`), and takes one AdamW step. The
+gradient back scaled by M_i (:mod:`mtrl_bench.training.masking`), and takes one AdamW step. The
 loss is the mean over tasks of each task's action MSE on its valid (unpadded) positions.
 When the method wants a mask update, the same backward pass also records every task's
 gradient w.r.t. its effective weights, so an update costs no extra backward passes.
@@ -16,14 +16,12 @@ Defaults (``configs/base.gin`` cites them) follow HarmoDT: AdamW lr 1e-4, weight
 1e-4, linear warm-up, gradient-norm clip 0.25; bf16 autocast on CUDA.
 
 The hot path has no Python loop over tasks and no host-device sync; the loss is read
-back only every ``log_every`` steps and the masks only when they are updated.
-:meth:`Trainer.reference_step` reproduces the HarmoDT reference loop's shape (one task per
-iteration, weights swapped in and out) for benchmarks only.
+back only every ``log_every`` steps and the masks only when they are updated
+(``tools/bench_train.py`` compares it with the HarmoDT reference loop's shape).
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import os
@@ -38,10 +36,10 @@ import torch
 
 from mtrl_bench.errors import Diverged, UserError
 from mtrl_bench.io import atomic_write
-from mtrl_bench.masking import TaskMasks
 from mtrl_bench.method import GradientContext, MaskUpdateContext, Method, build_method
-from mtrl_bench.model import PromptDT, PromptDTConfig
-from mtrl_bench.sampling import TaskBatchSampler
+from mtrl_bench.training.masking import TaskMasks
+from mtrl_bench.training.model import PromptDT, PromptDTConfig
+from mtrl_bench.training.sampling import TaskBatchSampler
 
 CHECKPOINT_FORMAT = 2
 #: far beyond any sensible value, yet small enough for float32 arithmetic (3.4e38)
@@ -69,11 +67,6 @@ def resolve_device(device: str) -> torch.device:
             raise UserError(f"device {device!r} does not exist; this machine has "
                             f"{torch.cuda.device_count()} CUDA device(s)")
     return resolved
-
-
-def iterations_to_steps(iterations: int, num_tasks: int) -> int:
-    """HarmoDT iterations (one task, one batch each) -> steps of this trainer (all tasks)."""
-    return max(1, round(iterations / num_tasks))
 
 
 def masked_action_loss(pred: torch.Tensor, target: torch.Tensor,
@@ -159,7 +152,6 @@ class Trainer:
                                                   device=self.device)
         self._interval_start = 0  # the step the open logging interval began at
         self._train_seconds = 0.0  # time spent in train() since the last log
-        self._reference_task = 0
 
     @staticmethod
     def check_arguments(*, total_steps: int, batch_size: int, learning_rate: float,
@@ -464,48 +456,6 @@ class Trainer:
                           "but not bit-for-bit", stacklevel=2)
         self._loss_sum.copy_(state["log_interval"]["loss_sum"])
         self._interval_start = state["log_interval"]["start"]
-
-    # ------------------------------------------------- reference (benchmark)
-    def reference_step(self) -> float:
-        """One iteration shaped like the HarmoDT reference loop (benchmarking only).
-
-        Trains ONE task (round-robin) on ``batch_size`` sequences: copy the state dict,
-        write θ ⊙ M_i into the model, forward/backward in float32, clip, mask the gradient,
-        step, put the saved values back into the entries task i does not use, and read the
-        loss back to the host, as the reference does every iteration.
-        """
-        i = self._reference_task
-        self._reference_task = (i + 1) % self.num_tasks
-        batch = self.sampler.sample(tasks=self.sampler.all_tasks[i:i + 1],
-                                    with_prompt=self.config.conditioning == "prompt")
-        saved = copy.deepcopy(self.model.state_dict())
-        named = self.model.maskable_parameters()
-        row = None if self.masks is None else [
-            self.masks.soft[i, seg.offset:seg.stop].view(seg.shape) == 1
-            for seg in self.model.mask_segments
-        ]
-        if row is not None:
-            with torch.no_grad():
-                for (_, param), keep in zip(named, row):
-                    param.mul_(keep)
-        prompt = batch.get("prompt") if self.config.conditioning == "prompt" else None
-        pred = self.model(batch["states"], batch["actions"], batch["returns_to_go"],
-                          batch["timesteps"], batch["attention_mask"], prompt=prompt,
-                          task_ids=batch["task_ids"])
-        loss = masked_action_loss(pred, batch["actions"], batch["attention_mask"]).mean()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-        if row is not None:
-            for (_, param), keep in zip(named, row):
-                param.grad.mul_(keep)
-        self.optimizer.step()
-        self.scheduler.step()
-        if row is not None:
-            with torch.no_grad():
-                for (name, param), keep in zip(named, row):
-                    param.copy_(torch.where(keep, param, saved[name]))
-        return loss.item()
 
 
 def _all_finite(state) -> bool:

@@ -9,10 +9,10 @@ and a start step uniformly inside it. The K-step segment runs from that step to 
 most the episode end and is left-padded to K (padding: states 0, actions -10 as in
 HarmoDT, returns-to-go 0, timesteps 0, attention mask 0; padded positions carry no loss).
 Returns-to-go are undiscounted and scaled by ``rtg_scale`` (HarmoDT: 1/1000), states are
-normalised per task (:func:`mtrl_bench.prompts.state_normalizer`).
+normalised per task (:func:`mtrl_bench.training.prompts.state_normalizer`).
 
 The prompt is a K'-step window of one of the task's demonstration episodes
-(:func:`mtrl_bench.prompts.demonstration_indices`), drawn per sequence; prompt windows
+(:func:`mtrl_bench.training.prompts.demonstration_indices`), drawn per sequence; prompt windows
 are drawn whole (never padded unless the episode is shorter than K').
 """
 
@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from mtrl_bench.prompts import DEFAULT_NUM_DEMONSTRATIONS, returns_to_go, state_normalizer
+from mtrl_bench.training.prompts import DEFAULT_NUM_DEMONSTRATIONS, returns_to_go, state_normalizer
 
 ACTION_PAD = -10.0  # HarmoDT / Prompt-DT pad actions with -10
 RTG_SCALE = 1.0 / 1000.0  # HarmoDT: returns-to-go / 1000

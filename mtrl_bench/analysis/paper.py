@@ -23,13 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
-from mtrl_bench import stats
+from mtrl_bench.analysis import stats
+from mtrl_bench.analysis.cells import Column, column_key, row_key
+from mtrl_bench.analysis.render import MISSING, Entry, Table, number
 from mtrl_bench.errors import UserError
-from mtrl_bench.render import MISSING, Entry, Table, number
-from mtrl_bench.rundir import Column, column_key, row_key
 from mtrl_bench.suites import random_suite_size
 
-REFERENCE_FILE = Path(__file__).resolve().parents[1] / "results" / "reference" / "socodt-paper.csv"
+REFERENCE_FILE = Path(__file__).resolve().parents[2] / "results" / "reference" / "socodt-paper.csv"
 PAPER_BUDGET = 8_000_000  # sequences: HarmoDT's 1M iterations x 8
 QUOTED = "(quoted from the paper)"
 

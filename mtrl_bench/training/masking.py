@@ -143,7 +143,3 @@ class TaskMasks:
             capture,
             self.capture_scale,
         )
-
-    def sparsity(self) -> torch.Tensor:
-        """Per-task fraction of entries with M < 1 (absent from the forward pass)."""
-        return (self.soft < 1).float().mean(dim=1)

@@ -1,6 +1,6 @@
 """`mtrl-bench table`: the paper's tables rebuilt from run directories alone.
 
-Runs are grouped into cells by :func:`mtrl_bench.rundir.group_cells` (one identity = one
+Runs are grouped into cells by :func:`mtrl_bench.runs.rundir.group_cells` (one identity = one
 cell: a row is a method with one set of its own parameters, a column is a suite x dataset
 quality x protocol), the only grouping any table or figure uses. Written to the output
 folder as Markdown, CSV and LaTeX:
@@ -23,7 +23,6 @@ never 0.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -31,11 +30,18 @@ from pathlib import Path
 
 import numpy as np
 
-from mtrl_bench import stats
-from mtrl_bench.errors import UserError
-from mtrl_bench.identity import differences
-from mtrl_bench.io import atomic_write_text
-from mtrl_bench.render import (
+from mtrl_bench.analysis import stats
+from mtrl_bench.analysis.cells import (
+    Cell,
+    Column,
+    Row,
+    RunRecord,
+    column_key,
+    group_cells,
+    row_key,
+    scan_runs,
+)
+from mtrl_bench.analysis.render import (
     MISSING,
     Entry,
     Table,
@@ -46,19 +52,10 @@ from mtrl_bench.render import (
     number,
     pct,
 )
-from mtrl_bench.rundir import (
-    Cell,
-    Column,
-    MetricsLog,
-    Row,
-    RunRecord,
-    add_results_arguments,
-    column_key,
-    group_cells,
-    results_paths,
-    row_key,
-    scan_runs,
-)
+from mtrl_bench.errors import UserError
+from mtrl_bench.identity import differences
+from mtrl_bench.io import atomic_write_text
+from mtrl_bench.runs.rundir import MetricsLog
 
 ALPHA = 0.05
 DEFAULT_MIN_SEEDS = 5
@@ -158,6 +155,14 @@ class TableOptions:
     n_resamples: int = stats.DEFAULT_RESAMPLES
     seed: int = 0
     paper_reference: Path | None = None  # the paper's numbers (default: the repository's)
+
+    def __post_init__(self):
+        if self.metric not in METRIC_LABELS:
+            raise UserError(f"unknown metric {self.metric!r}; valid: {', '.join(METRIC_LABELS)}")
+        if self.n_resamples < 100:
+            raise UserError(f"--resamples must be at least 100, got {self.n_resamples}")
+        if self.min_seeds < 2:
+            raise UserError(f"--min-seeds must be at least 2, got {self.min_seeds}")
 
     def is_baseline(self, row: Row) -> bool:
         if self.baselines is None:
@@ -703,7 +708,7 @@ def build_tables(runs_dir: Path, out: Path, options: TableOptions) -> tuple[str,
     _check_names(options, cells)
     _prepare_out(out)
     suffix = "" if options.metric == "final" else f"_{options.metric}"
-    from mtrl_bench import paper
+    from mtrl_bench.analysis import paper
 
     reference, missing_reference = paper.reference_or_none(options.paper_reference)
     builders = [("table1", table1),
@@ -745,40 +750,3 @@ def build_tables(runs_dir: Path, out: Path, options: TableOptions) -> tuple[str,
         files += written
         files.append(_write_file(out / "runs_long.csv", csv_text(long_rows(cells))))
     return "\n".join(outputs), files
-
-
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    add_results_arguments(parser, "tables")
-    parser.add_argument("--metric", choices=("final", "best"), default="final",
-                        help="final checkpoint (headline; table1_best is written alongside) "
-                             "or best over evaluations for every table")
-    parser.add_argument("--baselines", nargs="+", default=None, metavar="METHOD",
-                        help="methods (or row labels) that count as baselines (default: the "
-                             "methods registered with role='baseline')")
-    parser.add_argument("--reference", default=None, metavar="ROW",
-                        help="compare every row with this one (default: per column, the best "
-                             "baseline with at least 2 seeds)")
-    parser.add_argument("--min-seeds", type=int, default=DEFAULT_MIN_SEEDS,
-                        help="seeds needed on both sides before an arrow is drawn "
-                             "(default: %(default)s)")
-    parser.add_argument("--resamples", type=int, default=stats.DEFAULT_RESAMPLES,
-                        help="bootstrap resamples of the IQM interval (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
-    parser.add_argument("--paper-reference", type=Path, default=None, metavar="CSV",
-                        help="the paper's numbers (default: results/reference/socodt-paper.csv "
-                             "of this repository)")
-
-
-def run_command(args: argparse.Namespace) -> int:
-    if args.resamples < 100:
-        raise UserError(f"--resamples must be at least 100, got {args.resamples}")
-    if args.min_seeds < 2:
-        raise UserError(f"--min-seeds must be at least 2, got {args.min_seeds}")
-    runs_dir, out = results_paths(args, "tables")
-    options = TableOptions(args.metric, tuple(args.baselines) if args.baselines else None,
-                           args.reference, args.min_seeds, args.resamples, args.seed,
-                           args.paper_reference)
-    markdown, files = build_tables(runs_dir, out, options)
-    print(markdown)
-    print(f"wrote {len(files)} files to {out}")
-    return 0

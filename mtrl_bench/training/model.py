@@ -23,14 +23,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtrl_bench.masking import MaskSegment, TaskMasks, build_segments
+from mtrl_bench.suites import ACTION_DIM, OBS_DIM
+from mtrl_bench.training.masking import MaskSegment, TaskMasks, build_segments
 
 
 @gin.configurable
 @dataclass
 class PromptDTConfig:
-    state_dim: int = 39
-    act_dim: int = 4
+    state_dim: int = OBS_DIM
+    act_dim: int = ACTION_DIM
     n_layer: int = 6
     n_embd: int = 256
     n_head: int = 8

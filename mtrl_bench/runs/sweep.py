@@ -7,41 +7,38 @@ each when several are visible) and ``ray`` (each run a Ray task that asks for it
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import os
 import queue
+import shlex
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
+from mtrl_bench.config import RunRequest
 from mtrl_bench.errors import RunLocked, UserError
-from mtrl_bench.rundir import is_finished, lock_holder
+from mtrl_bench.runs.rundir import is_finished, lock_holder
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    method: str
-    suite: str
-    quality: str
-    seed: int
-    extra_args: tuple[str, ...] = field(default=())
-    grid: tuple[str, ...] = field(default=())  # gin bindings of one --grid point
+    """One run of a sweep: its request and the gin bindings of its ``--grid`` point."""
 
-    def run_args(self) -> list[str]:
-        """The arguments of ``mtrl-bench run`` for this run."""
-        bindings = [arg for binding in self.grid for arg in ("--gin_binding", binding)]
-        return ["--method", self.method, "--suite", self.suite, "--quality", self.quality,
-                "--seed", str(self.seed), *self.extra_args, *bindings]
+    request: RunRequest
+    grid: tuple[str, ...] = field(default=())
+
+    def full_request(self) -> RunRequest:
+        return replace(self.request, bindings=self.request.bindings + self.grid)
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "mtrl_bench", "run", *self.run_args()]
+        return [sys.executable, "-m", "mtrl_bench", "run", *self.full_request().command_args()]
 
     @property
     def label(self) -> str:
+        r = self.request
         point = f"[{', '.join(self.grid)}]" if self.grid else ""
-        return f"{self.suite}/{self.quality}/{self.method}{point}/seed{self.seed}"
+        return f"{r.suite}/{r.quality}/{r.method}{point}/seed{r.seed}"
 
 
 def parse_grid(grids: list[str]) -> list[tuple[str, ...]]:
@@ -64,20 +61,22 @@ def parse_grid(grids: list[str]) -> list[tuple[str, ...]]:
     return [tuple(point) for point in itertools.product(*axes)]
 
 
-def build_grid(methods, suites, qualities, seeds, extra_args=(), grid=((),)) -> list[RunSpec]:
-    from mtrl_bench.data import QUALITIES
+def build_grid(methods, suites, qualities, seeds, common: RunRequest,
+               grid=((),)) -> list[RunSpec]:
+    """Every (suite, quality, method, grid point, seed), each ``common`` with that method,
+    suite, quality and seed; unknown names are refused before anything runs."""
+    from mtrl_bench.data.dataset import check_quality
     from mtrl_bench.method import get_method_class
     from mtrl_bench.suites import resolve_suite
 
     for method in methods:
-        get_method_class(method)  # UserError on an unknown name, before anything runs
+        get_method_class(method)
     for suite in suites:
         resolve_suite(suite)
     for quality in qualities:
-        if quality not in QUALITIES:
-            raise UserError(f"unknown quality {quality!r}; valid: {', '.join(QUALITIES)}")
+        check_quality(quality)
     return [
-        RunSpec(m, s, q, seed, tuple(extra_args), point)
+        RunSpec(replace(common, method=m, suite=s, quality=q, seed=seed), point)
         for s, q, m, point, seed in itertools.product(suites, qualities, methods, grid, seeds)
     ]
 
@@ -139,49 +138,17 @@ def run_ray(specs: list[RunSpec], address: str | None, gpus_per_run: float) -> d
         ray.shutdown()
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
-    return value
-
-
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--methods", nargs="+", required=True)
-    parser.add_argument("--suites", nargs="+", required=True)
-    parser.add_argument("--qualities", nargs="+", default=["near-optimal"])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
-    parser.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2,...",
-                        help="a gin binding or macro and its values, each value its own cell "
-                             "(repeatable: the product); applied to the methods it affects, "
-                             "e.g. 'SOCODT_BETA_MIN=1,5,10'")
-    parser.add_argument("--executor", choices=["local", "ray"], default="local")
-    parser.add_argument("--parallel", type=_positive, default=None,
-                        help="local executor: runs at a time (default: one per GPU, else 1)")
-    parser.add_argument("--address", default=None,
-                        help="ray executor: cluster address (default: start a local instance)")
-    parser.add_argument("--gpus-per-run", type=float, default=None,
-                        help="ray executor: GPUs each run asks for (default 1 if CUDA, else 0)")
-    parser.add_argument("--results-dir", default=None)
-    parser.add_argument("--dry-run", action="store_true", help="list the runs and exit")
-    parser.add_argument("run_args", nargs=argparse.REMAINDER,
-                        help="after '--': extra arguments for every `mtrl-bench run`")
-
-
-def _prepare_datasets(plans: list[tuple], regenerate: bool = False) -> None:
+def _prepare_datasets(planned: list[tuple[RunSpec, object]], regenerate: bool) -> None:
     """Generate each missing dataset (every one, with ``regenerate``) once here, before runs
     that share it start in parallel (each would otherwise generate it with every core at the
-    same time). ``plans``: (run plan, its data dir) pairs."""
-    from mtrl_bench.data import generate_suite_dataset
+    same time)."""
+    from mtrl_bench.data.generation import generate_suite_dataset
 
     done = set()
-    for plan, data_dir in plans:
+    for spec, plan in planned:
         if plan.external is not None:  # read from the user's folder, nothing to generate
             continue
-        cfg = plan.cfg
+        cfg, data_dir = plan.cfg, spec.request.data_dir
         key = (tuple(plan.tasks), cfg.quality, cfg.episodes, cfg.dataset_seed,
                cfg.episode_length, data_dir)
         if key not in done:
@@ -200,15 +167,13 @@ def plan_sweep(specs: list[RunSpec]):
     grid binding that no method of the sweep uses, or that the runner sets itself, is an
     error.
     """
-    from mtrl_bench.runner import plan_from_argv
-
     todo, seen, finished, notes, locked = [], set(), 0, [], []
     applied: dict[str, str | None] = {}  # grid binding -> None once used, else why not
     for spec in specs:
         point = list(spec.grid)
         while True:
             try:
-                plan, run_args = plan_from_argv(replace(spec, grid=tuple(point)).run_args())
+                plan = replace(spec, grid=tuple(point)).full_request().plan()
                 break
             except UserError as err:
                 message = str(err)
@@ -218,7 +183,8 @@ def plan_sweep(specs: list[RunSpec]):
                     raise
                 point.remove(dropped)
                 applied.setdefault(dropped, message.split(" (and ")[0])
-                notes.append(f"{spec.method}: --grid {dropped} has no effect, not applied")
+                notes.append(f"{spec.request.method}: --grid {dropped} has no effect, "
+                             "not applied")
         applied.update({binding: None for binding in point})
         if plan.path in seen:
             continue
@@ -227,11 +193,11 @@ def plan_sweep(specs: list[RunSpec]):
         if holder is not None:
             locked.append(f"{spec.label}: in use by {holder}")
             continue
-        if is_finished(plan.path) and not run_args.force:
+        if is_finished(plan.path) and not spec.request.force:
             plan.check_reusable("a finished run")
             finished += 1
             continue
-        todo.append((replace(spec, grid=tuple(point)), plan, run_args.data_dir))
+        todo.append((replace(spec, grid=tuple(point)), plan))
     unused = [(binding, why) for binding, why in applied.items() if why is not None]
     if unused:
         binding, why = unused[0]
@@ -239,35 +205,38 @@ def plan_sweep(specs: list[RunSpec]):
     return todo, finished, sorted(set(notes)), locked
 
 
-def run_command(args: argparse.Namespace) -> int:
-    extra = [a for a in args.run_args if a != "--"]
-    # regenerated once, here, before the runs: not by every run of the sweep again
-    regenerate = "--regenerate-data" in extra
-    extra = [a for a in extra if a != "--regenerate-data"]
-    if regenerate and args.executor == "ray":
+def run_sweep(specs: list[RunSpec], *, executor: str = "local", parallel: int | None = None,
+              address: str | None = None, gpus_per_run: float | None = None,
+              dry_run: bool = False) -> int:
+    """Plan the specs, then run those not finished (0: all succeeded, 1: some failed).
+
+    A run request's ``regenerate_data`` regenerates each dataset once, here, before the
+    runs, not once per run again."""
+    if executor not in ("local", "ray"):
+        raise UserError(f"unknown executor {executor!r}; valid: local, ray")
+    regenerate = any(spec.request.regenerate_data for spec in specs)
+    if regenerate and executor == "ray":
         raise UserError("--regenerate-data with the ray executor: regenerate first with "
                         "`mtrl-bench data ... --force`, then sweep")
-    if args.results_dir:
-        extra += ["--results-dir", args.results_dir]
-    specs = build_grid(args.methods, args.suites, args.qualities, args.seeds, extra,
-                       parse_grid(args.grid))
+    specs = [replace(spec, request=replace(spec.request, regenerate_data=False))
+             for spec in specs]
     planned, finished, notes, locked = plan_sweep(specs)
     for note in notes:
         print(f"sweep: {note}")
-    todo = [spec for spec, _, _ in planned]
+    todo = [spec for spec, _ in planned]
     total = len(todo) + finished + len(locked)
     print(f"sweep: {total} runs, {finished} already finished, {len(locked)} locked by another "
-          f"process, {len(todo)} to run ({args.executor})")
-    if args.dry_run:
+          f"process, {len(todo)} to run ({executor})")
+    if dry_run:
         for spec in todo:
-            print("  mtrl-bench " + " ".join(spec.command()[3:]))
+            print("  mtrl-bench " + shlex.join(spec.command()[3:]))
         return 0
-    if args.executor == "ray":
-        gpus = args.gpus_per_run if args.gpus_per_run is not None else float(bool(_visible_gpus()))
-        codes = run_ray(todo, args.address, gpus)
+    if executor == "ray":
+        gpus = gpus_per_run if gpus_per_run is not None else float(bool(_visible_gpus()))
+        codes = run_ray(todo, address, gpus)
     else:
-        _prepare_datasets([(plan, data_dir) for _, plan, data_dir in planned], regenerate)
-        codes = run_local(todo, args.parallel)
+        _prepare_datasets(planned, regenerate)
+        codes = run_local(todo, parallel)
     locked += [f"{label}: locked when it was to start" for label, code in codes.items()
                if code == RunLocked.exit_code]
     failed = {label: code for label, code in codes.items()

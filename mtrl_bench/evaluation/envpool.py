@@ -30,8 +30,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-OBS_DIM = 39
-ACTION_DIM = 4
+from mtrl_bench.suites import ACTION_DIM, OBS_DIM
+
 IDLE = -1  # goal value of a slot that takes no part in the current round
 ALL = -1  # the group of every active slot
 
