@@ -38,7 +38,7 @@ def suites_command(args: argparse.Namespace) -> int:
 
 def configure_data(parser: argparse.ArgumentParser) -> None:
     from mtrl_bench.data.dataset import DATA_DIR_ENV, DEFAULT_EPISODES, QUALITIES
-    from mtrl_bench.suites import MAX_EPISODE_STEPS
+    from mtrl_bench.suites import MAX_EPISODE_STEPS, suite_names_help
 
     parser.description = (
         "Generate per-task datasets from Meta-World's scripted experts with a replay-like "
@@ -46,7 +46,7 @@ def configure_data(parser: argparse.ArgumentParser) -> None:
         "near-optimal with N episodes walks the whole ladder (random to expert); sub-optimal "
         "with N episodes is the first, noisier half of a 2N-episode ladder.")
     which = parser.add_mutually_exclusive_group()
-    which.add_argument("--suite", help="suite name: mt5, mt10, mt30, mt50 or random-K:SEED")
+    which.add_argument("--suite", help=f"suite name: {suite_names_help()}")
     which.add_argument("--tasks", nargs="+", metavar="TASK", help="explicit task names")
     parser.add_argument("--quality", metavar="{" + ",".join(QUALITIES) + "}",
                         help="dataset quality (required to generate; --check shows all if absent)")
@@ -162,10 +162,12 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
 
 
 def configure_run(parser: argparse.ArgumentParser) -> None:
+    from mtrl_bench.data.dataset import QUALITIES
+    from mtrl_bench.suites import suite_names_help
+
     parser.add_argument("--method", required=True, help="see `mtrl-bench methods`")
-    parser.add_argument("--suite", help="mt5, mt10, mt30, mt50 or random-K:SEED "
-                        "(default: the preset's)")
-    parser.add_argument("--quality", help="near-optimal or sub-optimal (default: the preset's)")
+    parser.add_argument("--suite", help=f"{suite_names_help()} (default: the preset's)")
+    parser.add_argument("--quality", help=f"{' or '.join(QUALITIES)} (default: the preset's)")
     parser.add_argument("--seed", type=int, help="training seed (default 0)")
     _add_run_options(parser)
 
@@ -230,11 +232,9 @@ def configure_sweep(parser: argparse.ArgumentParser) -> None:
 
 
 def _sweep_run_options(run_args: list[str], results_dir: str | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="mtrl-bench sweep ... --", add_help=False,
-                                     allow_abbrev=False)
+    parser = argparse.ArgumentParser(prog="mtrl-bench sweep ... --", add_help=False)
     _add_run_options(parser)
-    rest = run_args[1:] if run_args[:1] == ["--"] else run_args
-    options, unknown = parser.parse_known_args(rest)
+    options, unknown = parser.parse_known_args([arg for arg in run_args if arg != "--"])
     if unknown:
         sets = {"--method", "--suite", "--quality", "--seed"}
         given = next((arg.split("=")[0] for arg in unknown if arg.split("=")[0] in sets), None)

@@ -30,9 +30,7 @@ from mtrl_bench.identity import (
     parameters,
     resolve_arguments,
 )
-from mtrl_bench.io import (
-    read_json,
-)
+from mtrl_bench.io import read_json
 from mtrl_bench.runs.rundir import run_dir
 from mtrl_bench.suites import MAX_EPISODE_STEPS
 
@@ -283,7 +281,7 @@ class RunPlan:
     arguments: dict[str, dict]  # gin name -> resolved keyword arguments
     identity: dict  # see mtrl_bench.identity
     path: Path
-    external: object | None = None  # data.ExternalSuite when the data are not generated
+    external: object | None = None  # data.external.ExternalSuite when the data are not generated
 
     @property
     def cell(self) -> str:

@@ -42,6 +42,25 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     return path
 
 
+def nearest_existing(path: str | os.PathLike) -> Path:
+    """``path`` or its closest ancestor that exists (where a folder would be created)."""
+    probe = Path(path)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return probe
+
+
+def check_writable(folder: str | os.PathLike) -> None:
+    """Create ``folder`` and write (and remove) a temporary file in it: OSError if it cannot
+    take files, found before any work rather than after it."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, probe = tempfile.mkstemp(prefix=".write-test.", suffix=f".{os.getpid()}.tmp",
+                                 dir=folder)
+    os.close(fd)
+    os.unlink(probe)
+
+
 def fsync_path(path: str | os.PathLike) -> None:
     """Flush a file's or a folder's data to the disk."""
     fd = os.open(path, os.O_RDONLY)

@@ -23,7 +23,7 @@ from mtrl_bench.data.dataset import (
     default_data_dir,
     load_suite_dataset,
 )
-from mtrl_bench.data.external import load_harmodt_dataset
+from mtrl_bench.data.external import plan_external_suite
 from mtrl_bench.data.generation import ensure_suite_dataset
 from mtrl_bench.errors import DatasetError
 from mtrl_bench.suites import make_env
@@ -287,7 +287,8 @@ def test_harmodt_layout(tmp_path, capsys):
              for i in range(11)]
     flags = np.arange(steps) >= 15
     _write_harmodt_episode(tmp_path / "push-v3" / "0.npz", steps, 0, success=flags)
-    datasets = load_harmodt_dataset(tmp_path, ["reach-v3", "push-v2"])
+    datasets = plan_external_suite(tmp_path, ["reach-v3", "push-v2"], "near-optimal",
+                                   prompt_episodes=0).load()  # every episode, no prompts
     ds = datasets["reach-v3"]
     assert ds.observations.shape == (11, steps, 39) and ds.rewards.shape == (11, steps)
     np.testing.assert_array_equal(ds.rewards[:, 0], np.arange(11))  # numeric, not text, order
@@ -301,8 +302,8 @@ def test_harmodt_layout(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "reach-v3" in out and "push-v3" in out and "n/a" in out
 
-    with pytest.raises(DatasetError, match="missing task door-open-v3"):
-        load_harmodt_dataset(tmp_path, ["door-open"])
+    with pytest.raises(DatasetError, match="lacks 1 task.s. of the suite: door-open-v3"):
+        plan_external_suite(tmp_path, ["door-open"], "near-optimal")
     bad = tmp_path / "reach-v2" / "4.npz"
     arrays = dict(np.load(bad))
     arrays["rewards"][3] = np.inf
@@ -325,8 +326,8 @@ def test_ladder_helpers():
 
 
 def test_harmodt_root_must_exist(tmp_path):
-    with pytest.raises(DatasetError, match="HarmoDT data root does not exist"):
-        load_harmodt_dataset(tmp_path / "nowhere", ["reach"])
+    with pytest.raises(DatasetError, match="HarmoDT data folder .* does not exist"):
+        plan_external_suite(tmp_path / "nowhere", ["reach"], "near-optimal")
 
 
 @pytest.mark.parametrize("damage", ["settings", "truncated", "empty"])

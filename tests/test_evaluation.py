@@ -99,7 +99,7 @@ def test_masked_dt_matches_metaworld_and_is_deterministic(evaluator, conditionin
     torch.manual_seed(0)
     cfg = PromptDTConfig(n_layer=2, n_embd=32, n_head=2, n_inner=64, dropout=0.1,
                          context_len=4, prompt_len=3, conditioning=conditioning, num_tasks=3)
-    # float64: float32 results depend on the batch shape at rounding level (evaluation.py)
+    # float64: float32 results depend on the batch shape at rounding level (agents.py)
     model = PromptDT(cfg).double()  # left in train mode: the agent must switch dropout off
     soft = erk_random_masks(3, model.mask_segments, 0.2, torch.Generator().manual_seed(0), "cpu")
     masks = TaskMasks(soft, model.mask_segments)

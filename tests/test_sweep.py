@@ -101,6 +101,9 @@ def test_sweep_run_options_refuse_what_the_sweep_sets(capsys):
     assert main(["sweep", "--methods", "socodt", "--suites", "mt5", "--dry-run", "--",
                  "--presets", "tiny"]) == 2
     assert "unknown run option(s) after '--': --presets tiny" in capsys.readouterr().err
+    assert main(["sweep", "--methods", "socodt", "--suites", "mt5", "--dry-run",
+                 "--results-dir", "a", "--", "--results-dir", "b"]) == 2
+    assert "--results-dir given twice with different folders" in capsys.readouterr().err
 
 
 def test_local_executor_never_puts_two_runs_on_one_gpu(monkeypatch):

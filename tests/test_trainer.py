@@ -152,7 +152,8 @@ def test_bf16_masked_path_matches_float32(datasets):
 
     losses32, grad32, captured32 = run()
     trainer.autocast = True
-    trainer.masks.set_compute_dtype(torch.bfloat16)
+    trainer.masks.compute_dtype = torch.bfloat16  # what Trainer(autocast) builds
+    trainer.masks.refresh()
     assert trainer.masks.binary.dtype == trainer.masks.grad_scale.dtype == torch.bfloat16
     losses16, grad16, captured16 = run()
     assert captured16.dtype == torch.float32 and grad16.dtype == torch.float32

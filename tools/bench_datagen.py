@@ -2,8 +2,9 @@
 
 One run measures, with the same number of worker processes and the same job split:
 
-1. the generator (``mtrl_bench.data.generate_suite_dataset``) end to end, into a fresh folder:
-   process start, goal construction, rollouts, transfer, compression and atomic writes;
+1. the generator (``mtrl_bench.data.generation.generate_suite_dataset``) end to end, into a
+   fresh folder: process start, goal construction, rollouts, transfer, compression and
+   atomic writes;
 2. "raw, same work": each worker steps the same episodes with the actions the generator
    stored and calls the scripted expert exactly where the generator did, storing nothing.
    Same physics and expert cost, so generator/raw is the generator's own efficiency
@@ -35,7 +36,7 @@ import numpy as np
 from mtrl_bench.data import generation as datagen
 from mtrl_bench.data.dataset import load_suite_dataset
 from mtrl_bench.data.generation import chunk_jobs, default_workers, generate_suite_dataset
-from mtrl_bench.suites import resolve_suite
+from mtrl_bench.suites import MAX_EPISODE_STEPS, resolve_suite
 
 
 def replay_chunk(item: tuple[datagen.ChunkJob, np.ndarray]) -> int:
@@ -104,7 +105,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--suite", default="mt5")
     parser.add_argument("--episodes", type=int, default=100, help="episodes per task")
-    parser.add_argument("--episode-length", type=int, default=500)
+    parser.add_argument("--episode-length", type=int, default=MAX_EPISODE_STEPS)
     parser.add_argument("--workers", type=int, default=default_workers())
     parser.add_argument("--repeat", type=int, default=1, help="keep the fastest of R runs")
     parser.add_argument("--goal", type=float, default=0.8,

@@ -2,7 +2,7 @@
 
 One run on the current machine measures, in environment steps per second:
 
-* ``evaluator + policy``: :class:`mtrl_bench.evaluation.Evaluator` rolling out a masked
+* ``evaluator + policy``: :class:`mtrl_bench.evaluation.evaluator.Evaluator` rolling out a masked
   Prompt-DT (random init, per-task ERK masks at sparsity 0.2; model size from the flags,
   default = the paper's PromptDTConfig) on tasks x goals, one batched forward per step;
 * ``raw stepping``: the same worker pool replaying those very actions (identical
@@ -30,6 +30,9 @@ import sys
 import time
 
 import numpy as np
+
+from mtrl_bench.data.external import HARMODT_TARGET_RETURN
+from mtrl_bench.suites import ACTION_DIM, MAX_EPISODE_STEPS, MT50, NUM_GOALS, OBS_DIM
 
 
 class RecordingAgent:
@@ -59,7 +62,7 @@ class RecordingAgent:
         steps, full, filled = [], None, None
         for columns, actions in self.calls:
             if full is None:
-                full = np.zeros((*self.shape, 4), np.float32)
+                full = np.zeros((*self.shape, ACTION_DIM), np.float32)
                 filled = np.zeros(self.shape[1], bool)
             full[:, columns] = actions
             filled[columns] = True
@@ -101,19 +104,19 @@ def _shard_env_class():
         def __init__(self, pairs):
             self.envs = [make_env(task, goal) for task, goal in pairs]
             s = len(self.envs)
-            self.observation_space = gym.spaces.Box(-np.inf, np.inf, (s, 41), np.float64)
-            self.action_space = gym.spaces.Box(-1.0, 1.0, (s, 4), np.float32)
+            self.observation_space = gym.spaces.Box(-np.inf, np.inf, (s, OBS_DIM + 2), np.float64)
+            self.action_space = gym.spaces.Box(-1.0, 1.0, (s, ACTION_DIM), np.float32)
 
         def reset(self, *, seed=None, options=None):
-            obs = np.zeros((len(self.envs), 41))
-            obs[:, :39] = [env.reset()[0] for env in self.envs]
+            obs = np.zeros((len(self.envs), OBS_DIM + 2))
+            obs[:, :OBS_DIM] = [env.reset()[0] for env in self.envs]
             return obs, {}
 
         def step(self, actions):
-            out = np.zeros((len(self.envs), 41))
+            out = np.zeros((len(self.envs), OBS_DIM + 2))
             for i, (env, action) in enumerate(zip(self.envs, actions)):
                 o, r, _, _, info = env.step(action)
-                out[i, :39], out[i, 39], out[i, 40] = o, r, info["success"]
+                out[i, :OBS_DIM], out[i, OBS_DIM], out[i, OBS_DIM + 1] = o, r, info["success"]
             return out, 0.0, False, False, {}
 
     return ShardEnv
@@ -146,9 +149,9 @@ class AsyncVectorBaseline:
         start = time.perf_counter()
         self.envs.reset()
         for step_actions in actions:
-            flat = step_actions.reshape(-1, 4)[self.order]
+            flat = step_actions.reshape(-1, ACTION_DIM)[self.order]
             self.envs.step(flat if self.processes is None
-                           else flat.reshape(self.processes, -1, 4))
+                           else flat.reshape(self.processes, -1, ACTION_DIM))
         return len(self.order) * len(actions) / (time.perf_counter() - start)
 
     def close(self):
@@ -160,8 +163,8 @@ def naive_rollouts(model, masks, prompts, task_index, task, goals, max_steps, au
     from mtrl_bench.evaluation.agents import DecisionTransformerAgent
     from mtrl_bench.suites import make_env
 
-    agent = DecisionTransformerAgent(model, masks, [prompts[task_index]], np.zeros((1, 39)),
-                                     np.ones((1, 39)), np.array([4500.0]),
+    agent = DecisionTransformerAgent(model, masks, [prompts[task_index]], np.zeros((1, OBS_DIM)),
+                                     np.ones((1, OBS_DIM)), np.array([HARMODT_TARGET_RETURN]),
                                      task_ids=[task_index], autocast_dtype=autocast)
     envs = [make_env(task, g) for g in goals]
     start = time.perf_counter()
@@ -200,7 +203,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from mtrl_bench.evaluation.agents import DecisionTransformerAgent, ScriptedExpertAgent
     from mtrl_bench.evaluation.evaluator import Evaluator
-    from mtrl_bench.suites import MT50
     from mtrl_bench.training.masking import TaskMasks
     from mtrl_bench.training.model import PromptDT
     from mtrl_bench.training.trainer import resolve_device
@@ -220,12 +222,14 @@ def main(argv: list[str] | None = None) -> int:
                                        torch.Generator().manual_seed(0), "cpu").to(device),
                       model.mask_segments)
     k = cfg.prompt_len
-    prompts = [{"states": np.zeros((k, 39), np.float32), "actions": np.zeros((k, 4), np.float32),
-                "returns_to_go": np.full((k, 1), 4500.0, np.float32),
+    prompts = [{"states": np.zeros((k, OBS_DIM), np.float32),
+                "actions": np.zeros((k, ACTION_DIM), np.float32),
+                "returns_to_go": np.full((k, 1), HARMODT_TARGET_RETURN, np.float32),
                 "timesteps": np.arange(k)} for _ in tasks]
     autocast = torch.bfloat16 if args.bf16 else None
     policy = RecordingAgent(DecisionTransformerAgent(
-        model, masks, prompts, np.zeros((n, 39)), np.ones((n, 39)), np.full(n, 4500.0),
+        model, masks, prompts, np.zeros((n, OBS_DIM)), np.ones((n, OBS_DIM)),
+        np.full(n, HARMODT_TARGET_RETURN),
         device=device, autocast_dtype=autocast))
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, "
           f"device {device}"
@@ -251,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         evaluator.pool.reset()
         for step_actions in actions:
-            evaluator.pool.step(step_actions.reshape(-1, 4))
+            evaluator.pool.step(step_actions.reshape(-1, ACTION_DIM))
         return n * g * len(actions) / (time.perf_counter() - start)
 
     pairs = [(t, goal) for t in tasks for goal in goals]
@@ -314,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
           f"  (not overlapped: {serial_rate / raw_rate:.1%})")
     print(f"evaluator / naive batch-1:               {policy_rate / naive:6.1f}x"
           " (goal >= 20x)")
-    full = 50 * 50 * 500
+    full = len(MT50) * NUM_GOALS * MAX_EPISODE_STEPS
     print(f"MT50 x 50 goals ({full} steps) at this rate: {full / policy_rate / 60:.1f} min "
           "(linear extrapolation; measure it on the target machine)")
     return 0

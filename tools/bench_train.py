@@ -36,20 +36,22 @@ import torch
 from mtrl_bench.config import CONFIG_DIR, parse_gin_files
 from mtrl_bench.data.dataset import TaskDataset
 from mtrl_bench.method import build_method
+from mtrl_bench.suites import ACTION_DIM, MAX_EPISODE_STEPS, OBS_DIM
 from mtrl_bench.training.model import PromptDT, PromptDTConfig
 from mtrl_bench.training.trainer import Trainer, masked_action_loss, resolve_device
 
 MASK_UPDATE_SEQUENCES = 4000  # HarmoDT: every 500 iterations of 8 sequences
 
 
-def synthetic_datasets(num_tasks: int, episodes: int, length: int = 500, seed: int = 0):
+def synthetic_datasets(num_tasks: int, episodes: int, length: int = MAX_EPISODE_STEPS,
+                       seed: int = 0):
     rng = np.random.default_rng(seed)
     out = {}
     for i in range(num_tasks):
         out[f"task-{i}"] = TaskDataset(
             task=f"task-{i}",
-            observations=rng.normal(size=(episodes, length, 39)).astype(np.float32),
-            actions=rng.uniform(-1, 1, size=(episodes, length, 4)).astype(np.float32),
+            observations=rng.normal(size=(episodes, length, OBS_DIM)).astype(np.float32),
+            actions=rng.uniform(-1, 1, size=(episodes, length, ACTION_DIM)).astype(np.float32),
             rewards=rng.uniform(0, 10, size=(episodes, length)).astype(np.float32),
             successes=rng.random((episodes, length)) < 0.01,
             goal_index=np.arange(episodes) % 50,

@@ -27,6 +27,8 @@ import time
 import numpy as np
 from tabulate import tabulate
 
+from mtrl_bench.suites import MAX_EPISODE_STEPS
+
 
 def compare(name: str, result, reference, rtol: float = 1e-5) -> bool:
     """Print one row per task; True when success and every episode's return agree."""
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=["reach-v3", "button-press-topdown-v3"])
     parser.add_argument("--goals", type=int, default=5, help="goal indices 0..N-1")
-    parser.add_argument("--max-steps", type=int, default=500)
+    parser.add_argument("--max-steps", type=int, default=MAX_EPISODE_STEPS)
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--episodes", type=int, default=40, help="dataset episodes per task")
     parser.add_argument("--train-steps", type=int, default=300)

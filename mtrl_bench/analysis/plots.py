@@ -1,6 +1,6 @@
 """`mtrl-bench plot`: figures from the run directories, grouped exactly as the tables are.
 
-Only finished runs count, in the cells of :func:`mtrl_bench.runs.rundir.group_cells` (one
+Only finished runs count, in the cells of :func:`mtrl_bench.analysis.cells.group_cells` (one
 identity per cell; never mixed budgets or method parameters). Per column (suite x dataset
 quality x protocol) it writes PNGs into the output folder:
 

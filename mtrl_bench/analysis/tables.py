@@ -1,6 +1,6 @@
 """`mtrl-bench table`: the paper's tables rebuilt from run directories alone.
 
-Runs are grouped into cells by :func:`mtrl_bench.runs.rundir.group_cells` (one identity = one
+Runs are grouped into cells by :func:`mtrl_bench.analysis.cells.group_cells` (one identity = one
 cell: a row is a method with one set of its own parameters, a column is a suite x dataset
 quality x protocol), the only grouping any table or figure uses. Written to the output
 folder as Markdown, CSV and LaTeX:

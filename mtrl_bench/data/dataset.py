@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from mtrl_bench.errors import DatasetError, UserError
+from mtrl_bench.io import nearest_existing
 from mtrl_bench.suites import ACTION_DIM, MAX_EPISODE_STEPS, NUM_GOALS, OBS_DIM, normalize_task_name
 from mtrl_bench.training.prompts import DEFAULT_NUM_DEMONSTRATIONS, demonstration_indices
 
@@ -277,15 +278,11 @@ def load_suite_dataset(tasks: list[str], quality: str, *, data_dir=None,
     return datasets
 
 
-
-
 def check_data_dir(data_dir) -> Path:
     """The data folder (default if None), refused at once if it cannot be one: a path
     through a regular file, or an existing folder this process cannot read."""
     folder = Path(data_dir) if data_dir is not None else default_data_dir()
-    probe = folder
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
+    probe = nearest_existing(folder)
     if not probe.is_dir():
         raise UserError(f"data dir {folder} cannot be created: {probe} is not a folder")
     if folder.exists() and not os.access(folder, os.R_OK | os.X_OK):

@@ -103,17 +103,6 @@ def harmodt_tasks(root) -> list[str]:
                               if p.is_dir()))
 
 
-def load_harmodt_dataset(root, tasks: list[str]) -> dict[str, TaskDataset]:
-    """Load ``<root>/<task>/<i>.npz`` episodes (task folders named -v2 or -v3)."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DatasetError(f"{root}: HarmoDT data root does not exist")
-    datasets = {}
-    for task in dict.fromkeys(normalize_task_name(t) for t in tasks):
-        datasets[task] = _load_harmodt_task(_harmodt_task_dir(root, task), task)
-    return datasets
-
-
 #: HarmoDT keeps episodes 1998-1999 of each task's 2000 as prompts, out of training
 HARMODT_PROMPT_EPISODES = 2
 #: HarmoDT's evaluation return-to-go target, the same for every task
@@ -173,6 +162,7 @@ def plan_external_suite(root: Path, tasks: list[str], quality: str,
     kept whole, without prompts, instead of being an error.
     """
     check_quality(quality)
+    tasks = list(dict.fromkeys(normalize_task_name(t) for t in tasks))
     if not root.is_dir():
         raise DatasetError(f"HarmoDT data folder {root} does not exist")
     if (root / quality).is_dir():

@@ -48,7 +48,7 @@ from mtrl_bench.data.dataset import (
     settings_mismatch,
 )
 from mtrl_bench.errors import DatasetError, UserError
-from mtrl_bench.io import atomic_write, remove_temporary_files
+from mtrl_bench.io import atomic_write, nearest_existing, remove_temporary_files
 from mtrl_bench.suites import (
     ACTION_DIM,
     GOAL_SEED,
@@ -179,8 +179,6 @@ def _make_meta(settings: dict) -> dict:
     )
 
 
-
-
 def _write_dataset(path: Path, arrays: dict, meta: dict) -> None:
     def write(tmp: str) -> None:
         with open(tmp, "wb") as handle:  # a path would get ".npz" appended
@@ -232,7 +230,7 @@ def _run_jobs(jobs: list[ChunkJob], workers: int, stack: contextlib.ExitStack):
 #: bytes a generated step takes: in memory while a task's file is assembled (observation 39
 #: and action 4 float32, reward float32, success bool; twice, for the concatenation), and
 #: on disk, compressed (measured on MT5, rounded up)
-MEMORY_BYTES_PER_STEP = 2 * (39 * 4 + 4 * 4 + 4 + 1)
+MEMORY_BYTES_PER_STEP = 2 * (OBS_DIM * 4 + ACTION_DIM * 4 + 4 + 1)
 DISK_BYTES_PER_STEP = 60
 
 
@@ -245,9 +243,7 @@ def check_size(tasks: list[str], episodes: int, episode_length: int, folder: Pat
         raise UserError(f"{episodes} episodes of {episode_length} steps need about "
                         f"{_gb(memory)} of memory per task while generating; this machine has "
                         f"{_gb(available)} available")
-    probe = folder
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
+    probe = nearest_existing(folder)
     free = shutil.disk_usage(probe).free
     if disk > free:
         raise UserError(f"{len(tasks)} task(s) x {episodes} episodes of {episode_length} steps "

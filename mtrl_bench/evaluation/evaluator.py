@@ -158,7 +158,7 @@ class Evaluator:
                             f"got {list(goal_indices)}")
         if not 1 <= max_steps <= MAX_EPISODE_STEPS:
             raise UserError(f"max_steps={max_steps} is out of range 1..{MAX_EPISODE_STEPS} "
-                            "(Meta-World truncates episodes at 500 steps)")
+                            "(Meta-World truncates episodes there)")
         if workers is not None and workers < 1:
             raise UserError(f"workers={workers} must be >= 1")
         if max_envs < len(tasks):

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -16,6 +14,7 @@ from mtrl_bench.errors import Diverged, UserError
 from mtrl_bench.io import (
     atomic_write_json,
     atomic_write_text,
+    check_writable,
     read_json,
     remove_temporary_files,
 )
@@ -68,10 +67,7 @@ def run(request: RunRequest) -> Path:
     else:
         _note_changed_data(plan)
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-test.", suffix=".tmp", dir=path)
-        os.close(fd)
-        os.unlink(probe)
+        check_writable(path)
     except OSError as err:
         raise UserError(f"cannot write the run directory {path}: {err.strerror}") from None
     try:

@@ -104,11 +104,6 @@ class TaskMasks:
     def num_tasks(self) -> int:
         return self.soft.shape[0]
 
-    def set_compute_dtype(self, dtype: torch.dtype) -> None:
-        """Dtype of the effective weights (bf16 when the trainer runs under bf16 autocast)."""
-        self.compute_dtype = dtype
-        self.refresh()
-
     def refresh(self) -> None:
         """Recompute the cached forward mask and gradient scale after ``soft`` changed."""
         hard = self.soft == 1
