@@ -25,14 +25,19 @@ pass ``--torch-threads 1``: torch's spinning OpenMP threads otherwise fight the 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 from mtrl_bench.data.external import HARMODT_TARGET_RETURN
 from mtrl_bench.suites import ACTION_DIM, MAX_EPISODE_STEPS, MT50, NUM_GOALS, OBS_DIM
+
+OVERLAPPED = "evaluator + policy, halves overlapped (forward of one, steps of the other)"
+NOT_OVERLAPPED = "evaluator + policy, not overlapped (one forward of all, then all steps)"
 
 
 class RecordingAgent:
@@ -192,6 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--torch-threads", type=int, default=None)
     p.add_argument("--naive-episodes", type=int, default=1)
     p.add_argument("--no-async", action="store_true", help="skip the AsyncVectorEnv runs")
+    p.add_argument("--lean", action="store_true",
+                   help="time only the evaluator with the policy (one pass) and raw stepping "
+                        "of its actions: 2 passes over the envs instead of 8, for big runs")
+    p.add_argument("--json", type=Path, default=None, help="also write the figures here")
     p.add_argument("--repeat", type=int, default=3,
                    help="best of R interleaved runs per measurement")
     for name in ("n_layer", "n_embd", "n_head", "n_inner", "context_len", "prompt_len"):
@@ -264,45 +273,47 @@ def main(argv: list[str] | None = None) -> int:
     with Evaluator(tasks, goal_indices=goals, max_steps=args.max_steps, workers=workers,
                    max_envs=n * g) as evaluator:
         startup = time.perf_counter() - start
-        expert = RecordingAgent(ScriptedExpertAgent(tasks))
-        evaluator.evaluate(expert)
-        first = evaluator.evaluate(policy)
-        actions, calls = list(policy.actions), list(policy.calls)
-        assert evaluator.evaluate(ReplayAgent(calls)).episodes == first.episodes, \
-            "replaying the policy's actions must reproduce its trajectories"
-        if not args.no_async:
-            baselines[f"AsyncVectorEnv, {len(pairs)} processes (one per env)"] = \
-                AsyncVectorBaseline(pairs, None)
-            if len(pairs) % workers == 0:
-                baselines[f"AsyncVectorEnv, {workers} processes x shard"] = \
-                    AsyncVectorBaseline(pairs, workers)
-        measures = {
-            f"raw stepping: pool of {evaluator.pool.num_workers}, policy's actions":
-                lambda: pool_rate(actions),
-            "raw stepping: pool, scripted-expert actions": lambda: pool_rate(expert.actions),
-            "evaluator, replaying the policy's actions (bookkeeping only)":
-                lambda: evaluator_rate(ReplayAgent(calls), overlap=True),
-            "evaluator + policy, halves overlapped (forward of one, steps of the other)":
-                lambda: evaluator_rate(policy, overlap=True),
-            "evaluator + policy, not overlapped (one forward of all, then all steps)":
-                lambda: evaluator_rate(policy, overlap=False),
-            **{name: (lambda b=b: b.rate(actions)) for name, b in baselines.items()},
-        }
-        rates = dict.fromkeys(measures, 0.0)
-        try:  # interleaved, best of --repeat: the machine may be shared
-            for _ in range(args.repeat):
-                for name, measure in measures.items():
-                    rates[name] = max(rates[name], measure())
-        finally:
-            for baseline in baselines.values():
-                baseline.close()
-    startups = {next(iter(measures)): startup,
-                **{name: b.startup for name, b in baselines.items()}}
+        raw_name = f"raw stepping: pool of {evaluator.pool.num_workers}, policy's actions"
+        if args.lean:  # one policy pass, timed as it comes: no warm-up pass, no repeats
+            first = evaluator.evaluate(policy)
+            actions = list(policy.actions)
+            rates = {raw_name: pool_rate(actions),
+                     OVERLAPPED: first.env_steps / first.wall_time_s}
+        else:
+            expert = RecordingAgent(ScriptedExpertAgent(tasks))
+            evaluator.evaluate(expert)
+            first = evaluator.evaluate(policy)
+            actions, calls = list(policy.actions), list(policy.calls)
+            assert evaluator.evaluate(ReplayAgent(calls)).episodes == first.episodes, \
+                "replaying the policy's actions must reproduce its trajectories"
+            if not args.no_async:
+                baselines[f"AsyncVectorEnv, {len(pairs)} processes (one per env)"] = \
+                    AsyncVectorBaseline(pairs, None)
+                if len(pairs) % workers == 0:
+                    baselines[f"AsyncVectorEnv, {workers} processes x shard"] = \
+                        AsyncVectorBaseline(pairs, workers)
+            measures = {
+                raw_name: lambda: pool_rate(actions),
+                "raw stepping: pool, scripted-expert actions": lambda: pool_rate(expert.actions),
+                "evaluator, replaying the policy's actions (bookkeeping only)":
+                    lambda: evaluator_rate(ReplayAgent(calls), overlap=True),
+                OVERLAPPED: lambda: evaluator_rate(policy, overlap=True),
+                NOT_OVERLAPPED: lambda: evaluator_rate(policy, overlap=False),
+                **{name: (lambda b=b: b.rate(actions)) for name, b in baselines.items()},
+            }
+            rates = dict.fromkeys(measures, 0.0)
+            try:  # interleaved, best of --repeat: the machine may be shared
+                for _ in range(args.repeat):
+                    for name, measure in measures.items():
+                        rates[name] = max(rates[name], measure())
+            finally:
+                for baseline in baselines.values():
+                    baseline.close()
+    startups = {raw_name: startup, **{name: b.startup for name, b in baselines.items()}}
     rows = [(name, rate, startups.get(name)) for name, rate in rates.items()]
     raw_rate = rows[0][1]
-    policy_rate = rates[
-        "evaluator + policy, halves overlapped (forward of one, steps of the other)"]
-    serial_rate = rates["evaluator + policy, not overlapped (one forward of all, then all steps)"]
+    policy_rate = rates[OVERLAPPED]
+    serial_rate = rates.get(NOT_OVERLAPPED)
     naive = naive_rollouts(model, masks, prompts, 0, tasks[0],
                            goals[: args.naive_episodes], args.max_steps, autocast)
     rows.append((f"naive sequential batch-1 ({args.naive_episodes} episode(s) of {tasks[0]})",
@@ -315,13 +326,23 @@ def main(argv: list[str] | None = None) -> int:
     policy_ms = 1000 * n * g * (1 / policy_rate - 1 / raw_rate)
     print(f"\npolicy time per step ({n * g} envs): {policy_ms:.1f} ms")
     print(f"evaluator / raw stepping (same actions): {policy_rate / raw_rate:6.1%}"
-          f"  (not overlapped: {serial_rate / raw_rate:.1%})")
+          + ("" if serial_rate is None else f"  (not overlapped: {serial_rate / raw_rate:.1%})"))
     print(f"evaluator / naive batch-1:               {policy_rate / naive:6.1f}x"
           " (goal >= 20x)")
     full = len(MT50) * NUM_GOALS * MAX_EPISODE_STEPS
     print(f"MT50 x 50 goals ({full} steps) at this rate: {full / policy_rate / 60:.1f} min "
           "(linear extrapolation; measure it on the target machine)")
+    if args.json is not None:
+        args.json.write_text(json.dumps({
+            "tasks": n, "goals": g, "max_steps": args.max_steps, "workers": workers,
+            "device": str(device), "bf16": args.bf16, "start_up_s": startup,
+            "rates": {name: rate for name, rate, _ in rows}, "raw_rate": raw_rate,
+            "evaluator_rate": policy_rate, "naive_rate": naive,
+            "share_of_raw": policy_rate / raw_rate, "vs_naive": policy_rate / naive,
+            "policy_ms_per_step": policy_ms, "mt50_50_goal_minutes": full / policy_rate / 60,
+        }, indent=1))
     return 0
+
 
 
 if __name__ == "__main__":

@@ -10,15 +10,17 @@ CUDA synchronised; the masks are reset before every repeat. The paper protocol m
 2,000 updates on MT50, so the goal on one H100 is < 150 ms per SoCo-DT update.
 
 Usage: python tools/bench_masks.py [--model paper|small|tiny] [--tasks 50]
-       [--device auto|cpu|cuda] [--methods socodt harmodt-f ...] [--repeats 5]
+       [--device auto|cpu|cuda] [--methods socodt harmodt-f ...] [--repeats 5] [--json F]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 from tabulate import tabulate
@@ -103,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"default: those of {', '.join(DEFAULT_METHODS)} registered")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--json", type=Path, default=None,
+                        help="also write the figures here (rewritten after every method)")
     args = parser.parse_args(argv)
     try:
         if not (CONFIG_DIR / "model" / f"{args.model}.gin").exists():
@@ -124,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
                                       repeats=args.repeats, warmup=args.warmup)
             rows.append({"method": method, **result})
             del model, theta
+            if args.json is not None:
+                args.json.write_text(json.dumps(
+                    {"model": args.model, "tasks": args.tasks, "entries": entries,
+                     "device": str(device), "methods": rows}, indent=1))
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -12,8 +12,9 @@ Prints, for N tasks and a model preset on the current device, in one run:
 
 Data are synthetic episodes of the real shapes (39-dim states, 4-dim actions, 500 steps):
 throughput does not depend on their values. Goals on one H100 with ``--preset paper
---tasks 50 --bf16``: >= 25,000 sequences/s with masks, >= 50x the reference loop, a mask
-update under 50 ms.
+--tasks 50 --bf16``: >= 35,000 sequences/s with masks (target 60,000), >= 70x the
+reference loop, a HarmoDT mask update under 50 ms and a TAMU update under 150 ms.
+``--json FILE`` writes the figures for tools/gpu_report.py.
 
     python tools/bench_train.py --preset paper --tasks 50 --batch 8 --device cuda --bf16
     python tools/bench_train.py --preset tiny --tasks 5 --device cpu --steps 30
@@ -25,10 +26,12 @@ import argparse
 import copy
 import dataclasses
 import itertools
+import json
 import resource
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -175,6 +178,27 @@ def bench_reference(datasets, args) -> dict:
             "peak_mib": peak_mib(device)}
 
 
+DEFAULT_METHODS = ("harmodt-f", "socodt", "promptdt", "pcgrad", "cagrad")
+
+
+def profile_steps(datasets, method: str, args, steps: int) -> str:
+    """torch.profiler table of ``steps`` training steps (after warm-up): where a step's time
+    goes, for the report's "profile where a goal is missed"."""
+    from torch.profiler import ProfilerActivity, profile
+
+    trainer = make_trainer(datasets, method, args, args.bf16)
+    trainer.train(args.warmup)
+    activities = [ProfilerActivity.CPU] + (
+        [ProfilerActivity.CUDA] if trainer.device.type == "cuda" else [])
+    sync(trainer.device)
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            trainer.train_step()
+        sync(trainer.device)
+    key = "self_cuda_time_total" if trainer.device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=15, max_name_column_width=50)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=("paper", "small", "tiny"), default="paper")
@@ -184,12 +208,22 @@ def main(argv=None) -> int:
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
                         help="bf16 autocast on CUDA (default on)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS),
+                        help=f"batched methods to time (default: {' '.join(DEFAULT_METHODS)})")
+    parser.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time the HarmoDT-shaped reference loop (default on)")
     parser.add_argument("--steps", type=int, default=100, help="timed batched steps")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps first")
     parser.add_argument("--reference-iterations", type=int, default=200)
     parser.add_argument("--update-repeats", type=int, default=6)
     parser.add_argument("--episodes", type=int, default=8, help="synthetic episodes per task")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    parser.add_argument("--profile", nargs="*", metavar="METHOD", default=None,
+                        help="print a torch.profiler table of 5 steps of these methods "
+                             "(default when given bare: the first method)")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="also write the figures here (rewritten after every method, so "
+                             "a run stopped midway keeps what it measured)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -201,51 +235,73 @@ def main(argv=None) -> int:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (
         f"CPU ({torch.get_num_threads()} threads)")
     cfg = PromptDTConfig()
+    bf16 = args.bf16 and device.type == "cuda"
     print(f"device {name}; torch {torch.__version__}; preset {args.preset} "
           f"({cfg.n_layer} layers, {cfg.n_embd} dim, {cfg.n_head} heads); {args.tasks} tasks "
-          f"x {args.batch} sequences; bf16 {'on' if args.bf16 and device.type == 'cuda' else 'off'}"
-          f"{'; compiled' if args.compile else ''}")
-
-    masked = bench_batched(datasets, "harmodt-f", args)
-    soft = bench_batched(datasets, "socodt", args)
-    plain = bench_batched(datasets, "promptdt", args)
-    surgery = {name: bench_batched(datasets, name, args) for name in ("pcgrad", "cagrad")}
-    reference = bench_reference(datasets, args)
-    ratio = masked["sequences_per_s"] / reference["sequences_per_s"]
-    rows = [
-        ("batched, HarmoDT-F masks", f"{masked['sequences_per_s']:,.0f}",
-         f"{masked['step_ms']:.2f} ms/step ({masked['updates_in_window']} mask updates timed)",
-         f"{masked['peak_mib']:,.0f}"),
-        ("batched, SoCo-DT masks", f"{soft['sequences_per_s']:,.0f}",
-         f"{soft['step_ms']:.2f} ms/step ({soft['updates_in_window']} mask updates timed)",
-         f"{soft['peak_mib']:,.0f}"),
-        ("batched, no masks", f"{plain['sequences_per_s']:,.0f}",
-         f"{plain['step_ms']:.2f} ms/step", f"{plain['peak_mib']:,.0f}"),
-        *((f"{name}, per-task grads", f"{result['sequences_per_s']:,.0f}",
-           f"{result['step_ms']:.2f} ms/step ({result['step_ms'] / plain['step_ms']:.1f}x "
-           "no masks)", f"{result['peak_mib']:,.0f}") for name, result in surgery.items()),
-        ("reference loop (fp32)", f"{reference['sequences_per_s']:,.0f}",
-         f"{reference['iteration_ms']:.2f} ms/iteration", f"{reference['peak_mib']:,.0f}"),
-    ]
-    print(f"{'':<26}{'sequences/s':>14}  {'time':<44}{'peak MiB':>10}")
-    for label, rate, detail, mem in rows:
-        print(f"{label:<26}{rate:>14}  {detail:<44}{mem:>10}")
-    print(f"batched (masks) / reference: {ratio:.1f}x")
-    print(f"HarmoDT mask update (k = k_max, {args.tasks} x {masked['num_maskable']:,} entries): "
-          f"{masked['mask_update_ms']:.1f} ms")
-    interval = max(1, round(MASK_UPDATE_SEQUENCES / (args.tasks * args.batch)))
-    for label, result in (("HarmoDT", masked), ("SoCo-DT TAMU", soft)):
-        share = result["mask_update_ms"] / (result["mask_update_ms"]
-                                            + interval * plain["step_ms"])
-        print(f"{label} mask update: {result['mask_update_ms']:.1f} ms; with one update every "
-              f"{interval} steps, mask work is {100 * share:.1f}% of training time")
+          f"x {args.batch} sequences; bf16 {'on' if bf16 else 'off'}"
+          f"{'; compiled' if args.compile else ''}", flush=True)
     parameters = sum(p.numel() for p in PromptDT(dataclasses.replace(
         cfg, num_tasks=args.tasks)).parameters())
-    print(f"per-task gradients (PCGrad, CAGrad): {args.tasks} x {parameters:,} parameters x 4 "
-          f"bytes = {args.tasks * parameters * 4 / 2**20:,.0f} MiB a step")
-    if device.type == "cpu":
-        print("(CPU peak memory is the process's peak resident set, cumulative over the run)")
+    report = {"device": name, "torch": torch.__version__, "preset": args.preset,
+              "tasks": args.tasks, "batch": args.batch, "bf16": bf16, "compile": args.compile,
+              "parameters": parameters, "methods": {}}
+
+    def save() -> None:
+        if args.json is not None:
+            args.json.write_text(json.dumps(report, indent=1))
+
+    for method in args.methods:
+        report["methods"][method] = bench_batched(datasets, method, args)
+        result = report["methods"][method]
+        print(f"{method}: {result['sequences_per_s']:,.0f} sequences/s, "
+              f"{result['step_ms']:.2f} ms/step, peak {result['peak_mib']:,.0f} MiB"
+              + (f", mask update {result['mask_update_ms']:.1f} ms"
+                 if "mask_update_ms" in result else ""), flush=True)
+        save()
+    if args.reference:
+        report["reference"] = bench_reference(datasets, args)
+        save()
+    print_table(report, args)
+    profiled = [] if args.profile is None else args.profile or args.methods[:1]
+    for method in profiled:
+        table = profile_steps(datasets, method, args, 5)
+        report.setdefault("profiles", {})[method] = table
+        save()
+        print(f"\nprofile: 5 steps of {method}\n{table}")
     return 0
+
+
+def print_table(report: dict, args) -> None:
+    methods, reference = report["methods"], report.get("reference")
+    rows = []
+    for method, result in methods.items():
+        detail = f"{result['step_ms']:.2f} ms/step"
+        if "mask_update_ms" in result:
+            detail += f" ({result['updates_in_window']} mask updates timed)"
+        if "promptdt" in methods and method != "promptdt":
+            detail += f", {result['step_ms'] / methods['promptdt']['step_ms']:.2f}x no masks"
+        rows.append((method, result["sequences_per_s"], detail, result["peak_mib"]))
+    if reference:
+        rows.append(("reference loop (fp32)", reference["sequences_per_s"],
+                     f"{reference['iteration_ms']:.2f} ms/iteration", reference["peak_mib"]))
+    print(f"\n{'':<26}{'sequences/s':>14}  {'time':<48}{'peak MiB':>10}")
+    for label, rate, detail, mem in rows:
+        print(f"{label:<26}{rate:>14,.0f}  {detail:<48}{mem:>10,.0f}")
+    interval = max(1, round(MASK_UPDATE_SEQUENCES / (args.tasks * args.batch)))
+    for method, result in methods.items():
+        if reference:
+            print(f"{method} / reference loop: "
+                  f"{result['sequences_per_s'] / reference['sequences_per_s']:.1f}x")
+        if "mask_update_ms" in result:
+            share = result["mask_update_ms"] / (result["mask_update_ms"]
+                                                + interval * result["step_ms"])
+            print(f"{method} mask update (k = k_max / t = T/2, {args.tasks} x "
+                  f"{result['num_maskable']:,} entries): {result['mask_update_ms']:.1f} ms; "
+                  f"with one every {interval} steps, {100 * share:.1f}% of training time")
+    print(f"per-task gradients (PCGrad, CAGrad): {args.tasks} x {report['parameters']:,} "
+          f"parameters x 4 bytes = {args.tasks * report['parameters'] * 4 / 2**20:,.0f} MiB a step")
+    if report["device"].startswith("CPU"):
+        print("(CPU peak memory is the process's peak resident set, cumulative over the run)")
 
 
 if __name__ == "__main__":

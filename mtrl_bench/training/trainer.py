@@ -152,6 +152,8 @@ class Trainer:
                                                   device=self.device)
         self._interval_start = 0  # the step the open logging interval began at
         self._train_seconds = 0.0  # time spent in train() since the last log
+        #: seconds spent in mask updates by this process (device work included)
+        self.mask_update_seconds = 0.0
 
     @staticmethod
     def check_arguments(*, total_steps: int, batch_size: int, learning_rate: float,
@@ -296,11 +298,19 @@ class Trainer:
         if update:
             grads = self.masks.capture
             self.masks.stop_capture()
+            self._synchronize()  # the step's queued work is not the update's
+            started = time.perf_counter()
             metrics = self.update_masks(grads, task_losses)  # grads None without capture
+            self._synchronize()
+            self.mask_update_seconds += time.perf_counter() - started
         self.step += 1
         if metrics is not None:
             metrics["step"] = self.step  # records carry the steps completed when written
         return metrics
+
+    def _synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def _watch_finite(self, task_losses: torch.Tensor, grad_norm: torch.Tensor) -> None:
         """Remember, on the device and without a sync, the first step whose loss or gradient
