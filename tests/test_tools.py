@@ -5,6 +5,7 @@ target machine); this keeps the scripts from rotting as the code under them chan
 """
 
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +26,7 @@ def run_tool(name: str, *args: str, tmp_path: Path) -> subprocess.CompletedProce
     ("bench_train.py", ["--preset", "tiny", "--tasks", "2", "--device", "cpu", "--steps", "2",
                         "--warmup", "1", "--reference-iterations", "4", "--update-repeats", "1",
                         "--episodes", "2"],
-     ["batched, HarmoDT-F masks", "reference loop", "SoCo-DT TAMU mask update"]),
+     ["harmodt-f / reference loop", "reference loop (fp32)", "socodt mask update"]),
     ("bench_masks.py", ["--model", "tiny", "--tasks", "2", "--device", "cpu", "--repeats", "1",
                         "--warmup", "0"],
      ["socodt-fixed", "harmodt-f", "median_ms"]),
@@ -60,6 +61,7 @@ def test_datagen_benchmark_runs(tmp_path):
 def _tool_module(name: str):
     spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -84,3 +86,68 @@ def test_reference_iteration_updates_only_the_task_s_active_entries():
     assert torch.equal(after[~active], before[~active])
     assert (after[active] != before[active]).float().mean() > 0.5
     assert not torch.equal(trainer.model.embed_state.weight, embedding)
+
+
+def test_gpu_report_stops_a_step_and_its_workers_at_its_limit(tmp_path):
+    """One slow step cannot eat the lease: its whole process group is killed at its limit,
+    what it wrote so far is kept, and the report goes on."""
+    report = _tool_module("gpu_report")
+    marker = tmp_path / "partial.json"
+    child = ("import subprocess, sys, time, json, pathlib; "
+             f"pathlib.Path({str(marker)!r}).write_text(json.dumps({{'done': 1}})); "
+             "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+             "time.sleep(60)")
+    step = report.Step("slow", "a slow step", 2, [sys.executable, "-c", child], marker)
+    with open(tmp_path / "log", "w") as log:
+        report.run_step(step, 2, tmp_path, log)
+    assert step.status == "stopped at its 2 s limit" and step.seconds < 30
+    assert step.result == {"done": 1}
+    sleepers = subprocess.run(["pgrep", "-f", "time.sleep\\(60\\)"], capture_output=True,
+                              text=True).stdout.split()
+    assert not sleepers, "a worker of the stopped step survived"
+
+
+def test_gpu_report_goals_are_judged_from_the_figures():
+    report = _tool_module("gpu_report")
+    steps = {
+        "train-eager": report.Step("train-eager", "", 1, [], None, "ok", 1, {
+            "methods": {"harmodt-f": {"sequences_per_s": 40_000},
+                        "socodt": {"sequences_per_s": 20_000}},
+            "reference": {"sequences_per_s": 500}}),
+        "mask-updates": report.Step("mask-updates", "", 1, [], None, "ok", 1, {
+            "methods": [{"method": "harmodt-f", "median_ms": 60.0},
+                        {"method": "socodt", "median_ms": 100.0}]}),
+    }
+    verdicts = {goal: verdict for goal, _, verdict in report.goal_rows(steps)}
+    assert verdicts == {
+        "harmodt-f: >= 35,000 sequences/s (target 60,000)": "met",
+        "harmodt-f: >= 70x the reference loop": "met",
+        "socodt: >= 35,000 sequences/s (target 60,000)": "MISSED",
+        "socodt: >= 70x the reference loop": "MISSED",
+        "harmodt-f mask update < 50 ms": "MISSED",
+        "socodt mask update < 150 ms": "met",
+    }
+
+
+@pytest.mark.slow
+def test_gpu_report_smoke_runs_every_step(tmp_path):
+    out = tmp_path / "report"
+    result = run_tool("gpu_report.py", str(out), "--smoke", tmp_path=tmp_path)
+    output = result.stdout + result.stderr
+    log = (out / "report.log").read_text() if (out / "report.log").exists() else ""
+    assert result.returncode == 0, (output + log)[-4000:]
+    report = json.loads((out / "report.json").read_text())
+    steps = report["steps"]
+    assert {s["status"] for s in steps.values()} == {"ok"}, log[-4000:]
+    assert set(steps["train-eager"]["result"]["methods"]) == {"promptdt", "harmodt-f", "socodt"}
+    assert steps["train-eager"]["result"]["reference"]["sequences_per_s"] > 0
+    assert "harmodt-f" in steps["train-eager"]["result"]["profiles"]
+    assert [m["method"] for m in steps["mask-updates"]["result"]["methods"]] == [
+        "harmodt-f", "socodt"]
+    assert steps["evaluation"]["result"]["share_of_raw"] > 0
+    e2e = steps["end-to-end"]["result"]
+    assert e2e["status"] == "finished" and e2e["stage_seconds"]["final_evaluation"] > 0
+    assert set(e2e["success"]) and e2e["mask_updates"] > 0
+    text = (out / "report.md").read_text()
+    for heading in ("**Training**", "**One mask update**", "**Evaluation**", "**End to end**"):
+        assert heading in text

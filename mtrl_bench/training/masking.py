@@ -122,7 +122,10 @@ class TaskMasks:
         return self.capture
 
     def stop_capture(self) -> None:
+        # the scale goes back too: torch.compile specialises on it, so a step without capture
+        # must look the same as before the first capture (or every variant recompiles)
         self.capture = None
+        self.capture_scale = 1.0
 
     def _view(self, flat: torch.Tensor, seg: MaskSegment) -> torch.Tensor:
         return flat[:, seg.offset : seg.stop].view(self.num_tasks, *seg.shape)
