@@ -25,7 +25,6 @@ pass ``--torch-threads 1``: torch's spinning OpenMP threads otherwise fight the 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -34,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from mtrl_bench.data.external import HARMODT_TARGET_RETURN
+from mtrl_bench.io import atomic_write_json
 from mtrl_bench.suites import ACTION_DIM, MAX_EPISODE_STEPS, MT50, NUM_GOALS, OBS_DIM
 
 OVERLAPPED = "evaluator + policy, halves overlapped (forward of one, steps of the other)"
@@ -333,16 +333,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"MT50 x 50 goals ({full} steps) at this rate: {full / policy_rate / 60:.1f} min "
           "(linear extrapolation; measure it on the target machine)")
     if args.json is not None:
-        args.json.write_text(json.dumps({
+        atomic_write_json(args.json, {
             "tasks": n, "goals": g, "max_steps": args.max_steps, "workers": workers,
             "device": str(device), "bf16": args.bf16, "start_up_s": startup,
             "rates": {name: rate for name, rate, _ in rows}, "raw_rate": raw_rate,
             "evaluator_rate": policy_rate, "naive_rate": naive,
             "share_of_raw": policy_rate / raw_rate, "vs_naive": policy_rate / naive,
             "policy_ms_per_step": policy_ms, "mt50_50_goal_minutes": full / policy_rate / 60,
-        }, indent=1))
+        })
     return 0
-
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ Usage: python tools/bench_masks.py [--model paper|small|tiny] [--tasks 50]
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -27,6 +26,7 @@ from tabulate import tabulate
 
 from mtrl_bench.config import CONFIG_DIR, parse_gin_files
 from mtrl_bench.errors import UserError
+from mtrl_bench.io import atomic_write_json
 from mtrl_bench.method import (
     MaskUpdateContext,
     Method,
@@ -129,9 +129,9 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"method": method, **result})
             del model, theta
             if args.json is not None:
-                args.json.write_text(json.dumps(
-                    {"model": args.model, "tasks": args.tasks, "entries": entries,
-                     "device": str(device), "methods": rows}, indent=1))
+                atomic_write_json(args.json, {"model": args.model, "tasks": args.tasks,
+                                              "entries": entries, "device": str(device),
+                                              "methods": rows})
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -26,7 +26,6 @@ import argparse
 import copy
 import dataclasses
 import itertools
-import json
 import resource
 import statistics
 import sys
@@ -38,6 +37,7 @@ import torch
 
 from mtrl_bench.config import CONFIG_DIR, parse_gin_files
 from mtrl_bench.data.dataset import TaskDataset
+from mtrl_bench.io import atomic_write_json
 from mtrl_bench.method import build_method
 from mtrl_bench.suites import ACTION_DIM, MAX_EPISODE_STEPS, OBS_DIM
 from mtrl_bench.training.model import PromptDT, PromptDTConfig
@@ -252,7 +252,7 @@ def main(argv=None) -> int:
 
     def save() -> None:
         if args.json is not None:
-            args.json.write_text(json.dumps(report, indent=1))
+            atomic_write_json(args.json, report)
 
     for method in args.methods:
         report["methods"][method] = bench_batched(datasets, method, args)

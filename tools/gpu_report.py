@@ -151,7 +151,7 @@ def run_step(step: Step, limit: float, work: Path, log) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
         raise
     step.seconds = time.perf_counter() - started
-    if step.json_path is not None and step.json_path.exists():
+    if step.json_path is not None and step.json_path.exists():  # written atomically
         step.result = json.loads(step.json_path.read_text())
     print(f"[{step.name}] {step.status} after {step.seconds:.0f} s", flush=True)
 
