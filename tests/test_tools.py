@@ -16,8 +16,9 @@ import torch
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
 
 
-def run_tool(name: str, *args: str, tmp_path: Path) -> subprocess.CompletedProcess:
-    env_args = {"cwd": tmp_path, "capture_output": True, "text": True, "timeout": 300}
+def run_tool(name: str, *args: str, tmp_path: Path,
+             timeout: float = 300) -> subprocess.CompletedProcess:
+    env_args = {"cwd": tmp_path, "capture_output": True, "text": True, "timeout": timeout}
     return subprocess.run([sys.executable, str(TOOLS / name), *args], **env_args)
 
 
@@ -132,7 +133,7 @@ def test_gpu_report_goals_are_judged_from_the_figures():
 @pytest.mark.slow
 def test_gpu_report_smoke_runs_every_step(tmp_path):
     out = tmp_path / "report"
-    result = run_tool("gpu_report.py", str(out), "--smoke", tmp_path=tmp_path)
+    result = run_tool("gpu_report.py", str(out), "--smoke", tmp_path=tmp_path, timeout=1800)
     output = result.stdout + result.stderr
     log = (out / "report.log").read_text() if (out / "report.log").exists() else ""
     assert result.returncode == 0, (output + log)[-4000:]
