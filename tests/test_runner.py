@@ -59,6 +59,13 @@ def test_end_to_end_run_writes_a_complete_run_directory(dirs, capsys):
     assert meta["identity"]["protocol"]["trainer.total_steps"] == 20
     assert meta["arguments"]["Trainer"]["learning_rate"] == 1e-4
     assert meta["role"] == {"role": "proposed", "ablation_of": None, "components": "S+A+M"}
+    stages = meta["stage_seconds"]  # the wall time split by stage; the rest is start-up
+    assert set(stages) == {"data", "training", "mask_updates", "evaluation", "final_evaluation",
+                           "checkpoints"}
+    assert all(stages[s] > 0 for s in ("training", "mask_updates", "evaluation",
+                                       "final_evaluation", "checkpoints"))
+    assert stages["mask_updates"] < stages["training"]
+    assert sum(v for k, v in stages.items() if k != "mask_updates") < meta["wall_time_s"]
     log = MetricsLog(path / "metrics.jsonl")
     assert [r["step"] for r in log.records("eval")] == [10, 20]
     masks = log.records("mask")
@@ -70,6 +77,7 @@ def test_end_to_end_run_writes_a_complete_run_directory(dirs, capsys):
     assert list((path / "wandb").glob("offline-run-*")), "wandb offline run missing"
     out = capsys.readouterr().out
     assert "MEAN" in out and "results in" in out
+    assert "s final, checkpoints" in out.splitlines()[-2]  # stage times under the summary
 
     # a finished run is not redone: not by the same command, nor by one that binds a value
     # to its default, changes only how the run is carried out, or replays its config.gin
@@ -159,7 +167,9 @@ def test_killed_run_resumes_to_the_same_result(dirs):
     killed_wall = checkpointed_wall_time()
     subprocess.run([*args, "--seed", "2"], env=env, check=True, capture_output=True)
     resumed = _final(path)
-    assert json.loads((path / "meta.json").read_text())["wall_time_s"] > killed_wall > 0
+    resumed_meta = json.loads((path / "meta.json").read_text())
+    assert resumed_meta["wall_time_s"] > killed_wall > 0
+    assert resumed_meta["stage_seconds"]["training"] > 0
     steps = [r["step"] for r in MetricsLog(path / "metrics.jsonl").records()]
     assert steps == sorted(steps), "the resume left records of lost work in metrics.jsonl"
     subprocess.run([*args, "--seed", "2", "--force"], env=env, check=True, capture_output=True)
