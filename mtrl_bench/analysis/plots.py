@@ -73,12 +73,18 @@ def load_columns(runs_dir: Path) -> tuple[dict[Column, Series], list[str]]:
 
 
 def _new_figure(panels: int, width: float = 4.2, height: float = 3.2):
+    from cycler import cycler
+    from matplotlib import colormaps
     from matplotlib.figure import Figure
 
     cols = min(panels, 4)
     rows = math.ceil(panels / cols)
     fig = Figure(figsize=(width * cols, height * rows), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    # ten colours, then the same ten dashed: twelve methods never share a line style
+    styles = cycler(linestyle=["-", "--"]) * cycler(color=colormaps["tab10"].colors)
+    for ax in axes:
+        ax.set_prop_cycle(styles)
     for ax in axes[panels:]:
         ax.set_visible(False)
     return fig, axes[:panels]
