@@ -103,9 +103,9 @@ def bench_batched(datasets, method: str, args) -> dict:
     trainer = make_trainer(datasets, method, args, args.bf16)
     device = trainer.device
     warmup = args.warmup
-    if trainer.masks is not None:  # through one mask update: a compiled model has then
-        # compiled its variants with and without gradient capture, as a long run has
-        warmup = max(warmup, next(s for s in range(10**6) if trainer.method.wants_update(s)) + 2)
+    if trainer.masks is not None:  # through the first mask update (at update_interval): a
+        # compiled model has then compiled its variants with and without gradient capture
+        warmup = max(warmup, trainer.method.update_interval + 2)
     trainer.train(warmup)
     reset_peak(device)
     seconds = timed(trainer.train_step, args.steps, device)

@@ -161,24 +161,25 @@ def run_step(step: Step, limit: float, work: Path, log) -> None:
 
 def end_to_end_result(work: Path) -> dict:
     """The run's stage times, training rate and final per-task success, from its files."""
+    from mtrl_bench.io import read_json
+    from mtrl_bench.runs.rundir import MetricsLog
+
     metas = sorted((work / "results").glob("runs/**/meta.json"))
     if not metas:
         return {}
     path = metas[0].parent
-    meta = json.loads(metas[0].read_text())
+    meta = read_json(metas[0])
     out = {"run_dir": str(path.relative_to(work)), "status": meta.get("status"),
            "wall_time_s": meta.get("wall_time_s"), "stage_seconds": meta.get("stage_seconds"),
            "total_steps": meta.get("total_steps"),
            "sequences_per_step": meta.get("sequences_per_step"), "device": meta.get("device")}
-    records = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()
-               if line.strip()] if (path / "metrics.jsonl").exists() else []
-    rates = [r["sequences_per_s"] for r in records if r.get("kind") == "train"][1:]
+    log = MetricsLog(path / "metrics.jsonl")
+    rates = [r["sequences_per_s"] for r in log.records("train")][1:]
     if rates:  # the first interval holds the warm-up (allocation, kernel selection)
         out["training_sequences_per_s"] = sum(rates) / len(rates)
-    mask_updates = sum(1 for r in records if r.get("kind") == "mask")
-    out["mask_updates"] = mask_updates
+    out["mask_updates"] = len(log.records("mask"))
     if (path / "final.json").exists():
-        final = json.loads((path / "final.json").read_text())["final"]
+        final = read_json(path / "final.json")["final"]
         out.update(mean_success=final["mean_success"], num_goals=final["num_goals"],
                    success=final["success"])
     return out
