@@ -63,8 +63,10 @@ def eval_record(step: int, goals: int, success: np.ndarray, returns: np.ndarray,
             "mean_success": float(success.mean()), "mean_return": float(returns.mean())}
 
 
-def mask_records(rng: np.random.Generator, masked: bool, total_steps: int) -> list[dict]:
-    if not masked:
+def mask_records(rng: np.random.Generator, method: str, total_steps: int) -> list[dict]:
+    """What ``method`` logs at its mask updates: none without masks; TAMU's β_t, thresholds
+    and conflict histogram only for the SoCo-DT family, HarmoDT's k otherwise."""
+    if method in ("promptdt", "mtdt"):
         return []
     records = []
     for step in range(50, total_steps, 50):
@@ -80,6 +82,10 @@ def mask_records(rng: np.random.Generator, masked: bool, total_steps: int) -> li
             "conflict_threshold": (-10.0 ** rng.uniform(-8, -6, len(TASKS))).tolist(),
             "conflict_hist": {"scale": "signed-log10", "low": -22, "high": 2,
                               "per_decade": 4, "first": 40, "counts": counts}})
+        if not method.startswith("socodt"):  # drawn all the same: the rng stream stays put
+            for key in ("beta", "conflict_threshold", "conflict_hist"):
+                del records[-1][key]
+            records[-1]["k"] = 51
     return records
 
 
@@ -126,7 +132,7 @@ def build(root: Path) -> list[FakeRun]:
                    for step in range(total // 4, total, total // 4)]
         if status == "finished":
             records.append(eval_record(total, FINAL_GOALS, success, returns))
-        records += mask_records(rng, method not in ("promptdt", "mtdt"), total)
+        records += mask_records(rng, method, total)
         run = FakeRun(method, quality, seed, success, returns, ident, path, status,
                       sorted(records, key=lambda r: r["step"]))
         write(root, run)

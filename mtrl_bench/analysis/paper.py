@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from mtrl_bench.analysis import stats
-from mtrl_bench.analysis.cells import Column, column_key, row_key
+from mtrl_bench.analysis.cells import Column, column_key, row_key, suite_label
 from mtrl_bench.analysis.render import MISSING, Entry, Table, number
 from mtrl_bench.errors import UserError
 from mtrl_bench.suites import random_suite_size
@@ -262,7 +262,7 @@ def paper_comparison(grid, options, reference: list[PaperValue]):
                   "paper_mean": value.mean, "paper_pm": value.pm, "paper_seeds": value.seeds}
         if not ours:
             body.append([f"Table {value.table}", value.row, value.method,
-                         f"{value.suite} {value.quality}", value.metric, MISSING,
+                         f"{suite_label(value.suite)} {value.quality}", value.metric, MISSING,
                          value.text(), MISSING])
             csv_rows.append({**record, "status": "no run"})
             continue
