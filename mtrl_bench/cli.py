@@ -300,8 +300,8 @@ def configure_table(parser: argparse.ArgumentParser) -> None:
                         help="bootstrap resamples of the IQM interval (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
     parser.add_argument("--paper-reference", type=Path, default=None, metavar="CSV",
-                        help="the paper's numbers (default: results/reference/socodt-paper.csv "
-                             "of this repository)")
+                        help="the paper's numbers (default: socodt-paper.csv, installed with "
+                             "mtrl_bench.analysis)")
 
 
 def table_command(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""The paper's published numbers (results/reference/socodt-paper.csv), checked against the
+"""The paper's published numbers (mtrl_bench/analysis/socodt-paper.csv), checked against the
 paper's text, and the tables that use them (Tables 2 and 3, ours beside the paper's)."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The SoCo-DT paper's own numbers, and the tables that set ours beside them.
 
-``results/reference/socodt-paper.csv`` holds the paper's Tables 1-4 as printed (one row per
+``mtrl_bench/analysis/socodt-paper.csv`` holds the paper's Tables 1-4 as printed (one row per
 value: table, row label as printed, our method key where we run that method, suite,
 quality, metric, mean, ± and seeds). From it and the run directories, this module builds:
 
@@ -29,7 +29,8 @@ from mtrl_bench.analysis.render import MISSING, Entry, Table, number
 from mtrl_bench.errors import UserError
 from mtrl_bench.suites import random_suite_size
 
-REFERENCE_FILE = Path(__file__).resolve().parents[2] / "results" / "reference" / "socodt-paper.csv"
+#: installed with the package, so the comparison works outside a source checkout too
+REFERENCE_FILE = Path(__file__).resolve().parent / "socodt-paper.csv"
 PAPER_BUDGET = 8_000_000  # sequences: HarmoDT's 1M iterations x 8
 QUOTED = "(quoted from the paper)"
 
