@@ -176,6 +176,38 @@ def test_killed_run_resumes_to_the_same_result(dirs):
     assert resumed["final"] == _final(path)["final"]
 
 
+@pytest.mark.slow
+def test_ctrl_c_marks_the_run_interrupted_and_the_same_command_resumes_it(dirs):
+    """SIGINT after the first checkpoint: exit 130 at once, meta.json says interrupted (not
+    running), stderr says where it resumes from, and the rerun finishes it."""
+    env = _subprocess_env(dirs)
+    args = [sys.executable, "-m", "mtrl_bench", "run", "--method", "promptdt", *TINY,
+            "--seed", "3"]
+    path = plan_run("promptdt", "tiny", bindings=["Run.seed = 3"], results=dirs["results"]).path
+    # a shell's background job starts with SIGINT ignored, and Python keeps that: restore it
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if json.loads((path / "meta.json").read_text()).get("checkpoint_step"):
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    meta = json.loads((path / "meta.json").read_text())
+    assert proc.returncode == 130, err
+    assert meta["status"] == "interrupted" and not is_finished(path)
+    assert f"the same command resumes it from its checkpoint at step {meta['checkpoint_step']}" \
+        in err
+    rerun = subprocess.run(args, env=env, capture_output=True, text=True, timeout=240)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "resuming" in rerun.stdout and is_finished(path)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--method", "nope"], "unknown method 'nope'; valid: "),
     (["--method", "socodt", "--suite", "mt7"], "unknown suite 'mt7'; valid: mt5"),

@@ -206,7 +206,7 @@ def _run_locked(plan: RunPlan, request: RunRequest) -> Path:
             bar.update(entry["step"] - bar.n)
             bar.set_postfix(loss=f"{entry['loss']:.4f}", seq_s=f"{entry['sequences_per_s']:.0f}")
 
-    with Evaluator(tasks, **args["Evaluator"]) as evaluator, _record_divergence(meta_path, meta):
+    with _record_stop(meta_path, meta), Evaluator(tasks, **args["Evaluator"]) as evaluator:
         while trainer.step < total_steps:
             boundary = min(total_steps, (trainer.step // eval_every + 1) * eval_every,
                            (trainer.step // cfg.checkpoint_every_steps + 1)
@@ -283,8 +283,10 @@ def _read_meta(path: Path) -> dict:
 
 
 @contextlib.contextmanager
-def _record_divergence(meta_path: Path, meta: dict):
-    """Mark the run diverged in meta.json, so a rerun explains instead of crashing again."""
+def _record_stop(meta_path: Path, meta: dict):
+    """Say in meta.json why the run stopped early: diverged (a rerun explains instead of
+    crashing again) or interrupted (Ctrl-C: a rerun resumes; tables list it as such, not as
+    running)."""
     try:
         yield
     except Diverged as err:
@@ -293,5 +295,13 @@ def _record_divergence(meta_path: Path, meta: dict):
         kept = (f"keeps its last good checkpoint (step {meta['checkpoint_step']})"
                 if meta.get("checkpoint_step") else "has no checkpoint (none was good)")
         raise Diverged(f"{err}; {meta_path.parent} {kept}") from None
+    except KeyboardInterrupt:
+        meta["status"] = "interrupted"
+        atomic_write_json(meta_path, meta)
+        start = (f"its checkpoint at step {meta['checkpoint_step']}"
+                 if meta.get("checkpoint_step") else "the start")
+        print(f"{meta_path.parent}: interrupted; the same command resumes it from {start}",
+              file=sys.stderr)
+        raise
 
 
