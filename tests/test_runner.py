@@ -32,6 +32,22 @@ def _subprocess_env(dirs):
             "MTRL_BENCH_RESULTS_DIR": dirs["results"]}
 
 
+def _checkpointed_meta(path):
+    """meta.json once the run made a checkpoint (it then holds its step and the wall time
+    so far, written together), else None."""
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if meta.get("checkpoint_step") else None
+
+
+def _wait_for_checkpoint(path, proc, timeout_s=240):
+    deadline = time.time() + timeout_s
+    while time.time() < deadline and proc.poll() is None and _checkpointed_meta(path) is None:
+        time.sleep(0.05)
+
+
 def _final(path):
     return json.loads((path / "final.json").read_text())
 
@@ -151,20 +167,11 @@ def test_killed_run_resumes_to_the_same_result(dirs):
     path = plan_run("harmodt-f", "tiny", bindings=["Run.seed = 2"], results=dirs["results"]).path
     proc = subprocess.Popen([*args, "--seed", "2"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-
-    def checkpointed_wall_time():  # meta.json gets the wall time right after a checkpoint
-        try:
-            return json.loads((path / "meta.json").read_text()).get("wall_time_s")
-        except (OSError, ValueError):
-            return None
-
-    deadline = time.time() + 240
-    while time.time() < deadline and checkpointed_wall_time() is None:
-        time.sleep(0.05)
+    _wait_for_checkpoint(path, proc)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert (path / "checkpoint.pt").exists() and not is_finished(path)
-    killed_wall = checkpointed_wall_time()
+    killed_wall = _checkpointed_meta(path)["wall_time_s"]
     subprocess.run([*args, "--seed", "2"], env=env, check=True, capture_output=True)
     resumed = _final(path)
     resumed_meta = json.loads((path / "meta.json").read_text())
@@ -188,14 +195,7 @@ def test_ctrl_c_marks_the_run_interrupted_and_the_same_command_resumes_it(dirs):
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            if json.loads((path / "meta.json").read_text()).get("checkpoint_step"):
-                break
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.05)
+    _wait_for_checkpoint(path, proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     meta = json.loads((path / "meta.json").read_text())
