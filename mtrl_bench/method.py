@@ -234,6 +234,9 @@ class Method:
     #: False: :meth:`update_masks` does not read ``ctx.task_grads`` (then None), so the
     #: update step captures none
     mask_update_needs_gradients: bool = True
+    #: True: mask entries may lie strictly between 0 and 1 (absent from the forward pass,
+    #: updated at that rate); False: every entry stays 0 or 1, checked at each mask update
+    soft_masks: bool = False
 
     def __init__(self, update_interval: int = 0):
         self.update_interval = update_interval

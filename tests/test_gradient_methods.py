@@ -245,6 +245,8 @@ class MaskedSurgery(SignVote):
     """Test method with masks too: per-task gradients then come from a loop of backward
     passes over one forward graph."""
 
+    soft_masks = True
+
     @property
     def uses_masks(self):
         return True

@@ -2,6 +2,7 @@
 
 import copy
 
+import pytest
 import torch
 
 from mtrl_bench.training.masking import TaskMasks
@@ -63,6 +64,50 @@ def test_batched_masked_pass_equals_per_task_loop():
                 expected[name] += param.grad / n
     for name, param in model.named_parameters():
         torch.testing.assert_close(param.grad, expected[name], atol=1e-12, rtol=1e-9)
+
+
+def _tiny_model():
+    return PromptDT(PromptDTConfig(n_layer=1, n_embd=16, n_head=1, n_inner=32, dropout=0.0,
+                                   context_len=4, prompt_len=2))
+
+
+def test_compiled_masked_step_does_not_recompile_when_masks_turn_soft():
+    """SoCo-DT's masks start binary and turn soft at the first update. In bf16 (the GPU's
+    compute dtype) the cached gradient scale must not switch from sharing the forward mask's
+    tensor to a tensor of its own then: torch.compile guards on that aliasing, and the
+    switch recompiled the step in the middle of training (measured on an H200)."""
+    torch.manual_seed(0)
+    model, n = _tiny_model(), 3
+    masks = TaskMasks(torch.ones(n, model.num_maskable), model.mask_segments,
+                      compute_dtype=torch.bfloat16, soft_values=True)
+    batch, prompt = (
+        {key: v.float() if v.is_floating_point() else v for key, v in part.items()}
+        for part in _random_batch(n, 2, 4, 2))
+    compiled = torch.compile(model, backend="aot_eager")
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            pred = compiled(**batch, prompt=prompt, masks=masks)
+        pred.float().square().mean().backward()
+
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        step()
+        masks.soft[0, ::2] = 0.5
+        masks.refresh()
+        step()
+
+
+def test_masks_declared_binary_share_one_tensor_and_refuse_soft_values():
+    model = _tiny_model()
+    masks = TaskMasks(torch.ones(2, model.num_maskable), model.mask_segments,
+                      compute_dtype=torch.bfloat16, soft_values=False)
+    assert masks.grad_scale is masks.binary
+    masks.soft[1, 0] = 0.0
+    masks.refresh()  # 0 and 1 only: fine
+    masks.soft[1, 1] = 0.5
+    with pytest.raises(ValueError, match="soft_masks = True"):
+        masks.refresh()
 
 
 def test_paper_model_size_matches_harmodt():

@@ -23,6 +23,8 @@ from mtrl_bench.training.trainer import Trainer
 class AgreementMasks(Method):
     """Test method: soft-mask (0.5) every entry where g_i disagrees in sign with the mean."""
 
+    soft_masks = True
+
     def __init__(self, update_interval: int = 3, soft_value: float = 0.5):
         super().__init__(update_interval)
         self.soft_value = soft_value

@@ -96,7 +96,7 @@ def test_sampler_is_seeded(datasets):
 
 def test_batched_step_gradients_equal_per_task_loop(datasets):
     """theta.grad == (1/N) sum_i dL_i/dW_i * M_i (soft masks), checked task by task."""
-    trainer = _trainer(datasets, "harmodt-f")
+    trainer = _trainer(datasets, "socodt")  # a method with soft masks
     model, masks = trainer.model, trainer.masks
     gen = torch.Generator().manual_seed(0)
     soft = torch.rand(masks.soft.shape, generator=gen)
@@ -136,9 +136,15 @@ def test_batched_step_gradients_equal_per_task_loop(datasets):
         torch.testing.assert_close(grad, expected[name], rtol=1e-4, atol=1e-7)
 
 
+def test_masks_are_soft_only_for_methods_that_declare_soft_masks(datasets):
+    """Binary masks (HarmoDT) share one bf16 tensor for forward and backward on the GPU."""
+    assert _trainer(datasets, "socodt").masks.soft_values
+    assert not _trainer(datasets, "harmodt-f").masks.soft_values
+
+
 def test_bf16_masked_path_matches_float32(datasets):
     """The CUDA path (bf16 autocast, masks cached in bf16), run here under CPU autocast."""
-    trainer = _trainer(datasets, "harmodt-f")
+    trainer = _trainer(datasets, "socodt")
     soft = torch.rand(trainer.masks.soft.shape, generator=torch.Generator().manual_seed(1))
     soft[soft > 0.3] = 1.0
     trainer.masks.soft.copy_(soft)

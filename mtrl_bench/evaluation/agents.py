@@ -165,7 +165,8 @@ class DecisionTransformerAgent:
         if source is not None:  # the evaluated rows as they are now, in the forward's dtype
             rows = source.soft[self.task_ids.to(source.soft.device)].to(self.device)
             self.masks = TaskMasks(rows, source.segments,
-                                   compute_dtype=self.autocast_dtype or self.dtype)
+                                   compute_dtype=self.autocast_dtype or self.dtype,
+                                   soft_values=source.soft_values)
         shape = (n, num_goals, k)
         zeros = dict(device=self.device, dtype=self.dtype)
         self.states = torch.zeros(*shape, OBS_DIM, **zeros)

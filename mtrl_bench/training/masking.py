@@ -84,10 +84,17 @@ class TaskMasks:
     ``soft`` is the source of truth (entries in [0, 1]); the binary forward mask
     (soft == 1) and the backward gradient scale (soft) are cached in ``compute_dtype``
     and must be refreshed with :meth:`refresh` after a method edits ``soft``.
+
+    ``soft_values`` says whether entries may lie strictly between 0 and 1 (the method's
+    ``soft_masks``). Without them the gradient scale in a lower compute dtype is the
+    forward mask's own tensor (half the cache's memory), and every refresh checks that the
+    masks are still binary. The choice is fixed at construction, not read off the values,
+    because torch.compile guards on whether the two are one tensor: masks turning soft at
+    the first update would otherwise recompile the step (twice: with and without capture).
     """
 
     def __init__(self, soft: torch.Tensor, segments: list[MaskSegment],
-                 compute_dtype: torch.dtype | None = None):
+                 compute_dtype: torch.dtype | None = None, soft_values: bool = True):
         if soft.dim() != 2 or soft.shape[1] != segments[-1].stop:
             raise ValueError(
                 f"mask tensor has shape {tuple(soft.shape)}, expected (num_tasks, "
@@ -96,6 +103,7 @@ class TaskMasks:
         self.soft = soft
         self.segments = segments
         self.compute_dtype = compute_dtype or soft.dtype
+        self.soft_values = soft_values
         self.capture: torch.Tensor | None = None
         self.capture_scale = 1.0
         self.refresh()
@@ -107,10 +115,14 @@ class TaskMasks:
     def refresh(self) -> None:
         """Recompute the cached forward mask and gradient scale after ``soft`` changed."""
         hard = self.soft == 1
+        if not self.soft_values and not torch.equal(hard, self.soft != 0):  # one sync
+            raise ValueError(
+                "masks hold values strictly between 0 and 1, but were declared binary: a "
+                "method whose masks can be soft sets the class attribute soft_masks = True")
         self.binary = hard.to(self.compute_dtype)
         if self.compute_dtype == self.soft.dtype:
             self.grad_scale = self.soft
-        elif torch.equal(hard, self.soft != 0):  # binary masks: scale == forward mask (one sync)
+        elif not self.soft_values:  # binary masks: the scale is the forward mask itself
             self.grad_scale = self.binary
         else:
             self.grad_scale = self.soft.to(self.compute_dtype)

@@ -136,6 +136,7 @@ class Trainer:
         self.masks = None if soft is None else TaskMasks(
             soft.to(self.device, torch.float32), self.model.mask_segments,
             compute_dtype=torch.bfloat16 if self.autocast else torch.float32,
+            soft_values=self.method.soft_masks,
         )
         cuda = self.device.type == "cuda"
         self.optimizer = torch.optim.AdamW(
