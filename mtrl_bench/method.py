@@ -235,7 +235,8 @@ class Method:
     #: update step captures none
     mask_update_needs_gradients: bool = True
     #: True: mask entries may lie strictly between 0 and 1 (absent from the forward pass,
-    #: updated at that rate); False: every entry stays 0 or 1, checked at each mask update
+    #: updated at that rate); False: every entry stays 0 or 1, checked at every refresh
+    #: of the trainer's masks (initial, each update, checkpoint load)
     soft_masks: bool = False
 
     def __init__(self, update_interval: int = 0):

@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     model = PromptDT(cfg).to(device)
     masks = TaskMasks(erk_random_masks(n, model.mask_segments, 0.2,
                                        torch.Generator().manual_seed(0), "cpu").to(device),
-                      model.mask_segments)
+                      model.mask_segments, soft_values=False)  # binary, as HarmoDT's
     k = cfg.prompt_len
     prompts = [{"states": np.zeros((k, OBS_DIM), np.float32),
                 "actions": np.zeros((k, ACTION_DIM), np.float32),

@@ -113,7 +113,8 @@ class TaskMasks:
         return self.soft.shape[0]
 
     def refresh(self) -> None:
-        """Recompute the cached forward mask and gradient scale after ``soft`` changed."""
+        """Recompute the cached forward mask and gradient scale after ``soft`` changed
+        (ValueError on a soft value in masks declared binary)."""
         hard = self.soft == 1
         if not self.soft_values and not torch.equal(hard, self.soft != 0):  # one sync
             raise ValueError(
