@@ -139,36 +139,57 @@ def methods_command(args: argparse.Namespace) -> int:
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     """What every run of ``run`` and of ``sweep ... --`` takes besides its grid point."""
     from mtrl_bench.config import PRESETS
+    from mtrl_bench.data.dataset import DATA_DIR_ENV
+    from mtrl_bench.runs.rundir import RESULTS_DIR_ENV
 
     parser.add_argument("--data", metavar="SOURCE",
                         help="generated (default) or harmodt:DIR, the paper's own data in the "
                              "HarmoDT/MTDiff layout <DIR>/[<quality>/]<task>/<i>.npz")
     parser.add_argument("--preset", default="paper", help=f"one of {', '.join(PRESETS)} "
                         "(default: paper, the SoCo-DT/HarmoDT protocol)")
-    parser.add_argument("--gin_file", action="append", default=[], help="extra .gin file")
-    parser.add_argument("--gin_binding", action="append", default=[],
-                        help="a gin binding, e.g. 'Trainer.learning_rate = 3e-4'")
+    # dopamine spells these with underscores; the dashed spellings match every other flag
+    parser.add_argument("--gin-file", "--gin_file", dest="gin_file", action="append",
+                        default=[], metavar="FILE", help="extra .gin file (repeatable)")
+    parser.add_argument("--gin-binding", "--gin_binding", dest="gin_binding", action="append",
+                        default=[], metavar="BINDING",
+                        help="a gin binding, e.g. 'Trainer.learning_rate = 3e-4' (repeatable)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--threads", type=_positive, default=None,
+                        help="torch threads for training and evaluation workers (default: "
+                             "torch's, the usable cores; recorded in the run's numerics)")
     parser.add_argument("--results-dir", default=None,
-                        help="results root (default ./results or $MTRL_BENCH_RESULTS_DIR)")
+                        help=f"results root (default ${RESULTS_DIR_ENV} or "
+                             "~/.local/share/mtrl-bench/results; the repository's committed "
+                             "runs are read with --results-dir results)")
     parser.add_argument("--data-dir", default=None,
-                        help="dataset root (default $MTRL_BENCH_DATA_DIR or ~/.cache/mtrl-bench)")
-    parser.add_argument("--wandb", choices=["offline", "online"], default=None)
+                        help=f"dataset root (default ${DATA_DIR_ENV} or "
+                             "~/.cache/mtrl-bench/data)")
+    parser.add_argument("--wandb", choices=["offline", "online"], default=None,
+                        help="mirror metrics to Weights & Biases (optional; the run "
+                             "directory's files stay the source of truth)")
     parser.add_argument("--force", action="store_true",
                         help="redo a finished (or diverged) run from the start")
+    parser.add_argument("--overwrite-committed", action="store_true",
+                        help="let --force redo a run whose files are committed to git")
     parser.add_argument("--regenerate-data", action="store_true",
                         help="regenerate the suite's dataset files even where they exist")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars (logs stay line by line)")
 
 
 def configure_run(parser: argparse.ArgumentParser) -> None:
     from mtrl_bench.data.dataset import QUALITIES
     from mtrl_bench.suites import suite_names_help
 
+    parser.epilog = ("exit status: 0 done (or already finished), 2 bad input or I/O error, "
+                     "3 diverged (non-finite loss), 75 the run directory is locked by another "
+                     "process, 130 interrupted (the same command resumes)")
     parser.add_argument("--method", required=True, help="see `mtrl-bench methods`")
     parser.add_argument("--suite", help=f"{suite_names_help()} (default: the preset's)")
-    parser.add_argument("--quality", help=f"{' or '.join(QUALITIES)} (default: the preset's)")
-    parser.add_argument("--seed", type=int, help="training seed (default 0)")
+    parser.add_argument("--quality", metavar="{" + ",".join(QUALITIES) + "}",
+                        help="dataset quality (default: the preset's)")
+    parser.add_argument("--seed", type=int, help="training seed (default: the preset's, 0 in "
+                        "every preset)")
     _add_run_options(parser)
 
 
@@ -179,7 +200,9 @@ def run_request(args: argparse.Namespace, **given):
 
     fields = dict(preset=args.preset, gin_files=tuple(args.gin_file),
                   bindings=tuple(args.gin_binding), data=args.data, device=args.device,
-                  results_dir=args.results_dir, data_dir=args.data_dir, force=args.force,
+                  threads=args.threads, results_dir=args.results_dir,
+                  data_dir=args.data_dir, force=args.force,
+                  overwrite_committed=args.overwrite_committed,
                   regenerate_data=args.regenerate_data, wandb=args.wandb,
                   progress=not args.no_progress)
     for name in ("method", "suite", "quality", "seed"):
@@ -209,22 +232,39 @@ def _positive(text: str) -> int:
 
 
 def configure_sweep(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--methods", nargs="+", required=True)
-    parser.add_argument("--suites", nargs="+", required=True)
-    parser.add_argument("--qualities", nargs="+", default=["near-optimal"])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    from mtrl_bench.data.dataset import QUALITIES
+    from mtrl_bench.runs.rundir import RESULTS_DIR_ENV
+    from mtrl_bench.suites import suite_names_help
+
+    parser.epilog = ("exit status: 0 every run succeeded (or was finished), 1 some run failed, "
+                     "2 bad input")
+    parser.add_argument("--methods", nargs="+", required=True, metavar="METHOD",
+                        help="methods to run (see `mtrl-bench methods`)")
+    parser.add_argument("--suites", nargs="+", required=True, metavar="SUITE",
+                        help=f"suites: {suite_names_help()}")
+    parser.add_argument("--qualities", nargs="+", default=["near-optimal"],
+                        metavar="{" + ",".join(QUALITIES) + "}",
+                        help="dataset qualities (default: near-optimal)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="SEED",
+                        help="training seeds, each its own run (default: 0)")
     parser.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2,...",
                         help="a gin binding or macro and its values, each value its own cell "
                              "(repeatable: the product); applied to the methods it affects, "
                              "e.g. 'SOCODT_BETA_MIN=1,5,10'")
-    parser.add_argument("--executor", choices=["local", "ray"], default="local")
+    parser.add_argument("--executor", choices=["local", "ray"], default="local",
+                        help="local: runs as processes here, --parallel at a time; ray: each "
+                             "run a Ray task (pip install 'mtrl-bench[ray]')")
     parser.add_argument("--parallel", type=_positive, default=None,
-                        help="local executor: runs at a time (default: one per GPU, else 1)")
+                        help="local executor: runs at a time (default: one per GPU, else 1); "
+                             "on a CPU each run gets max(1, cores / N) threads unless "
+                             "--threads is given after --")
     parser.add_argument("--address", default=None,
                         help="ray executor: cluster address (default: start a local instance)")
     parser.add_argument("--gpus-per-run", type=float, default=None,
                         help="ray executor: GPUs each run asks for (default 1 if CUDA, else 0)")
-    parser.add_argument("--results-dir", default=None)
+    parser.add_argument("--results-dir", default=None,
+                        help=f"results root of every run (default ${RESULTS_DIR_ENV} or "
+                             "~/.local/share/mtrl-bench/results)")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and exit")
     parser.add_argument("run_args", nargs=argparse.REMAINDER,
                         help="after '--': options for every run, as `mtrl-bench run` takes them "
@@ -265,7 +305,9 @@ def sweep_command(args: argparse.Namespace) -> int:
 def _add_results_arguments(parser: argparse.ArgumentParser, output: str) -> None:
     """--results-dir, --runs and --out for commands that read runs and write ``output``."""
     parser.add_argument("--results-dir", default=None,
-                        help="results root (default ./results or $MTRL_BENCH_RESULTS_DIR)")
+                        help="results root (default $MTRL_BENCH_RESULTS_DIR or "
+                             "~/.local/share/mtrl-bench/results; the repository's committed "
+                             "results: --results-dir results)")
     parser.add_argument("--runs", type=Path, default=None,
                         help="folder of run directories (default: <results-dir>/runs)")
     parser.add_argument("--out", type=Path, default=None,

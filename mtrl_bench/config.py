@@ -15,6 +15,7 @@ import dataclasses
 import importlib
 import logging
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,9 +100,23 @@ def parse_gin(method: str, preset: str, gin_files: list[str], bindings: list[str
         if override_bindings:
             parse_gin_files(files + user_files, list(bindings) + override_bindings)
     except (ValueError, SyntaxError, KeyError, TypeError, NameError) as err:
-        message = " ".join(str(err).split())
-        raise UserError(f"bad gin configuration: {message}") from err
+        raise UserError(f"bad gin configuration: {_gin_error_text(err)}") from err
     check_bindings_take_effect(method, package, binding_entries())
+
+
+def _gin_error_text(err: Exception) -> str:
+    """Gin's parse error in one line, without the Python objects it embeds (ast's "malformed
+    node or string on line 1: <ast.Name object at 0x...>" for a bare word): what is left
+    names the token, and a bare word gets the likely cause."""
+    message = re.sub(r"malformed node or string[^<]*<ast\.\w+ object at 0x[0-9a-f]+>\s*", "",
+                     str(err))
+    message = re.sub(r"<[\w.]+ object at 0x[0-9a-f]+>", "(value)", message)
+    message = " ".join(message.split())
+    token = re.search(r"Failed to parse token '([A-Za-z_]\w*)'", message)
+    if token:
+        message += (f"; write a string in quotes (\"{token.group(1)}\") and a reference to "
+                    f"a configurable with @ (@{token.group(1)})")
+    return message
 
 
 def _package_files(method: str, preset: str) -> list[Path]:
@@ -375,9 +390,11 @@ class RunRequest:
     seed: int | None = None
     data: str | None = None
     device: str = "auto"
+    threads: int | None = None  # torch threads and evaluation workers (default: torch's)
     results_dir: str | None = None
     data_dir: str | None = None
     force: bool = False
+    overwrite_committed: bool = False
     regenerate_data: bool = False
     wandb: str | None = None
     progress: bool = True
@@ -401,11 +418,14 @@ class RunRequest:
         args += [arg for path in self.gin_files for arg in ("--gin_file", path)]
         args += [arg for binding in self.bindings for arg in ("--gin_binding", binding)]
         args += ["--device", self.device]
+        if self.threads is not None:
+            args += ["--threads", str(self.threads)]
         for flag, value in (("--results-dir", self.results_dir),
                             ("--data-dir", self.data_dir), ("--wandb", self.wandb)):
             if value is not None:
                 args += [flag, str(value)]
-        switches = (("--force", self.force), ("--regenerate-data", self.regenerate_data),
+        switches = (("--force", self.force), ("--overwrite-committed", self.overwrite_committed),
+                    ("--regenerate-data", self.regenerate_data),
                     ("--no-progress", not self.progress))
         return args + [flag for flag, on in switches if on]
 

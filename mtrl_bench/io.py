@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -25,6 +26,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     crash or power loss ``path`` holds the old content or the new, never a torn file. The
     temporary file is removed if anything fails (a write error, Ctrl-C)."""
     path = Path(path)
+    if path.is_dir():  # the rename would fail naming the temporary file, not the culprit
+        raise IsADirectoryError(errno.EISDIR, "a folder is where a file should go", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".{os.getpid()}.tmp",
                                dir=path.parent)

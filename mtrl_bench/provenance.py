@@ -33,6 +33,90 @@ def device_name(device) -> str:
 
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(device)}"
-    return f"cpu: {platform.processor() or platform.machine()}"
+    return f"cpu: {_cpuinfo('model name') or platform.processor() or platform.machine()}"
 
 
+
+
+#: the parts of :func:`numerics` that decide which kernels run and how they round: runs
+#: that agree on all of them and on the code are bit-identical (on a CPU; GPUs add their own
+#: nondeterminism where kernels use atomics)
+NUMERICS_KEY_FIELDS = ("device", "cpu_model", "cpu_capability", "torch_threads", "torch",
+                       "blas", "onednn", "gpu", "cuda", "cudnn")
+
+
+def numerics(device) -> dict:
+    """What decides a run's floating-point results beyond its settings: the CPU (model,
+    the SIMD level torch dispatches to, its vector flags), the threads torch computes with
+    (a reduction split over more threads adds in another order), the cores it may use, the
+    GPU and the torch/BLAS/oneDNN/CUDA/cuDNN builds; and ``key``, a short hash of the parts
+    that select kernels (:data:`NUMERICS_KEY_FIELDS`), equal for runs made under the same
+    numerics."""
+    import hashlib
+    import json
+    import os
+
+    import torch
+
+    config = torch.__config__.show()
+    flags = set(_cpuinfo("flags").split())
+    record = {
+        "device": device.type,
+        "cpu_model": _cpuinfo("model name") or platform.processor() or platform.machine(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_flags": sorted(f for f in flags if f.startswith(("avx", "amx", "fma", "f16c"))),
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "blas": _blas(config),
+        "onednn": _config_line(config, "MKL-DNN") or _config_line(config, "oneDNN"),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "cuda": torch.version.cuda if device.type == "cuda" else None,
+        "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
+    }
+    key_fields = {name: record[name] for name in NUMERICS_KEY_FIELDS}
+    record["key"] = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()
+                                   ).hexdigest()[:10]
+    return record
+
+
+def numerics_summary(record: dict | None) -> str:
+    """One line naming a numerics record ("unrecorded" for runs made before they were)."""
+    if not record:
+        return "unrecorded"
+    where = record.get("gpu") or record.get("cpu_model")
+    return (f"{record['key']}: {where}, {record.get('cpu_capability')}, "
+            f"{record.get('torch_threads')} threads, torch {record.get('torch')}")
+
+
+def _cpuinfo(field: str) -> str:
+    """The first value of ``field`` in /proc/cpuinfo ('' where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                name, sep, value = line.partition(":")
+                if sep and name.strip() == field:
+                    return value.strip()
+    except OSError:
+        pass
+    return ""
+
+
+def _blas(config: str) -> str | None:
+    """The BLAS torch was built with (``BLAS_INFO``), with MKL's version where it is MKL."""
+    import re
+
+    found = re.search(r"\bBLAS_INFO=([^,\s]+)", config)
+    mkl = re.search(r"Math Kernel Library Version (\S+)", config)
+    name = found.group(1) if found else None
+    return f"{name} {mkl.group(1)}" if name == "mkl" and mkl else name
+
+
+def _config_line(config: str, marker: str) -> str | None:
+    """The library version on the build-info line that names ``marker``."""
+    for line in config.splitlines():
+        if marker in line:
+            words = line.split()
+            return next((w for w in words if w[:1] == "v" and w[1:2].isdigit()), line.strip())
+    return None

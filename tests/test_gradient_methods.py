@@ -15,6 +15,7 @@ import pytest
 import torch
 from mtrl_bench.methods.cagrad import cagrad_direction, cagrad_weights
 from mtrl_bench.methods.pcgrad import pcgrad_coefficients
+from toolbox import tool_module
 
 from mtrl_bench.data.generation import ensure_suite_dataset
 from mtrl_bench.method import (
@@ -30,6 +31,7 @@ from mtrl_bench.training.trainer import Trainer, masked_action_loss
 TASKS = ["reach-v3", "button-press-v3", "drawer-close-v3"]
 TINY = dict(n_layer=2, n_embd=32, n_head=2, n_inner=64, dropout=0.0, context_len=8, prompt_len=3)
 REPO = Path(__file__).resolve().parents[1]
+record_training = tool_module("record_training")
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -292,27 +294,62 @@ def test_masks_and_gradient_combination_together(datasets):
     assert trainer.method.calls == 4 and trainer.method.seen.shape == trainer.masks.soft.shape
 
 
+RECORDINGS = sorted((Path(__file__).parent / "data").glob("training_reference-*.json"))
+
+
 @pytest.mark.slow
-def test_existing_methods_train_bit_for_bit_as_before_the_method_api():
-    """Values recorded before methods could combine gradients (tools/record_training.py,
-    tests/data/training_reference.json): every built-in method's losses, parameters and
-    masks after 12 steps. Bit for bit where the CPU and torch match the recording's."""
-    recorded = json.loads((Path(__file__).parent / "data" / "training_reference.json")
-                          .read_text())
+def test_existing_methods_train_as_recorded_exactly_or_within_machine_noise():
+    """Every committed recording of 12 training steps of each built-in method
+    (tools/record_training.py): bit for bit against the one made under this machine's
+    numerics, within LOSS_RTOL of every loss against those made elsewhere. The modes it ran
+    in are printed (pytest -rP shows them) and named in any failure."""
     current = json.loads(subprocess.run(
         [sys.executable, str(REPO / "tools" / "record_training.py"), "-"],
         capture_output=True, text=True, check=True, timeout=600).stdout)
-    exact = (recorded["torch"], recorded["cpu_capability"]) == (
-        current["torch"], current["cpu_capability"])
-    assert set(recorded["methods"]) <= set(current["methods"])
-    for name, before in recorded["methods"].items():
-        after = current["methods"][name]
-        if exact:
-            assert after == before, name
-        else:
-            ours = np.array([[float.fromhex(x) for x in row] for row in after["losses"]])
-            theirs = np.array([[float.fromhex(x) for x in row] for row in before["losses"]])
-            np.testing.assert_allclose(ours, theirs, rtol=1e-4, err_msg=name)
+    modes = {}
+    for path in RECORDINGS:
+        mode, problems = record_training.compare(json.loads(path.read_text()), current)
+        modes[path.name] = mode
+        print(f"training recording {path.name}: compared {mode}")
+        assert not problems, f"{path.name} ({mode}): {'; '.join(problems)}"
+    assert "tolerance" in modes.values() or len(RECORDINGS) == 1, modes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("plant", ["loss normalisation", "dropout draws"])
+def test_the_cross_machine_tolerance_catches_a_real_change_of_training(monkeypatch, plant):
+    """Compared as if recorded on another machine (tolerance mode), a planted change of
+    training numerics still fails: the loss normalised over one count more, or one extra
+    random draw before each step (every dropout mask moves)."""
+    from mtrl_bench.training import trainer as trainer_module
+
+    if plant == "loss normalisation":
+        original = trainer_module.masked_action_loss
+
+        def loss(pred, target, valid):
+            count = valid.sum(dim=(1, 2)) * target.shape[-1]
+            return original(pred, target, valid) * count / (count + 1)
+
+        monkeypatch.setattr(trainer_module, "masked_action_loss", loss)
+    else:
+        step = trainer_module.Trainer.train_step
+
+        def shifted(self):
+            torch.rand(1)
+            return step(self)
+
+        monkeypatch.setattr(trainer_module.Trainer, "train_step", shifted)
+    methods = ("promptdt", "socodt")
+    recorded = json.loads(RECORDINGS[0].read_text())
+    elsewhere = {**recorded, "numerics": {"cpu_model": "another machine"},
+                 "methods": {name: recorded["methods"][name] for name in methods}}
+    mode, problems = record_training.compare(elsewhere, record_training.record(methods))
+    assert mode == "tolerance"
+    assert [p.split(":")[0] for p in problems] == list(methods), problems
+    # and unplanted, the same comparison passes (the planted change is what it caught)
+    monkeypatch.undo()
+    assert record_training.compare(elsewhere, record_training.record(methods)) == (
+        "tolerance", [])
 
 
 @pytest.mark.slow

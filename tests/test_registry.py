@@ -159,3 +159,38 @@ def test_a_registered_role_places_the_method_in_the_tables(tmp_path, capsys):
     table4 = pd.read_csv(tmp_path / "tables" / "table4.csv")
     assert table4["row"].tolist() == ["test-agreement-hard", "test-agreement"]
     assert table4["components"].tolist()[0] == "hard"
+
+
+@pytest.mark.slow
+def test_the_readme_s_method_package_installs_and_runs(tmp_path):
+    """README's worked example, as written there: a package of its own whose entry point
+    registers MyMasks; installed beside mtrl-bench it is listed and trains a tiny run."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Adding a method", 1)[1]
+    package = tmp_path / "my-mtrl-method"
+    package.mkdir()
+    (package / "my_masks.py").write_text(section.split("```python\n", 1)[1].split("```")[0])
+    toml = section.split("```toml\n", 1)[1].split("```")[0]
+    (package / "pyproject.toml").write_text(toml)
+    site = tmp_path / "site"
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+         "--target", str(site), str(package)], capture_output=True, text=True, timeout=300)
+    assert install.returncode == 0, install.stderr[-2000:]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(site), os.environ.get("PYTHONPATH", "")])}
+    listed = subprocess.run([sys.executable, "-m", "mtrl_bench", "methods"], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert re.search(r"^my-masks\s+proposed\s+One line shown", listed.stdout, re.M), \
+        listed.stdout + listed.stderr
+    run = subprocess.run(
+        [sys.executable, "-m", "mtrl_bench", "run", "--method", "my-masks", "--preset", "tiny",
+         "--no-progress", "--threads", "1", "--results-dir", str(tmp_path / "results"),
+         "--data-dir", str(tmp_path / "data")], env=env, capture_output=True, text=True,
+        timeout=600)
+    assert run.returncode == 0 and "MEAN" in run.stdout, run.stdout[-2000:] + run.stderr[-2000:]

@@ -60,7 +60,7 @@ def _path(dirs, method, *bindings):
 
 @pytest.mark.slow
 def test_end_to_end_run_writes_a_complete_run_directory(dirs, capsys):
-    assert _cli(dirs, "--method", "socodt", "--wandb", "offline") == 0
+    assert _cli(dirs, "--method", "socodt", "--wandb", "offline", "--threads", "1") == 0
     path = _path(dirs, "socodt")
     assert path.parent.parent.name == "socodt" and path.name == "seed0"
     assert is_finished(path)
@@ -70,6 +70,9 @@ def test_end_to_end_run_writes_a_complete_run_directory(dirs, capsys):
     assert "best over evaluations" in final["best"]["label"]
     meta = json.loads((path / "meta.json").read_text())
     assert meta["status"] == "finished" and meta["wall_time_s"] > 0 and meta["versions"]["torch"]
+    numerics = meta["numerics"]  # what decides its floating-point results besides the code
+    assert numerics["torch_threads"] == 1 and numerics["device"] == "cpu"
+    assert numerics["cpu_capability"] and numerics["cpu_model"] and len(numerics["key"]) == 10
     assert meta["cell"] == path.parent.name
     assert meta["identity"]["method"]["alpha"] == 20.0  # code defaults are recorded too
     assert meta["identity"]["protocol"]["trainer.total_steps"] == 20
@@ -84,6 +87,7 @@ def test_end_to_end_run_writes_a_complete_run_directory(dirs, capsys):
     assert sum(v for k, v in stages.items() if k != "mask_updates") < meta["wall_time_s"]
     log = MetricsLog(path / "metrics.jsonl")
     assert [r["step"] for r in log.records("eval")] == [10, 20]
+    assert [r["step"] for r in log.records("train")] == [5, 10, 15, 20]  # the tiny preset logs
     masks = log.records("mask")
     assert [r["step"] for r in masks] == [6, 11, 16]  # steps completed when written
     assert all(len(r["sparsity"]) == 2 and r["beta"] is not None for r in masks)

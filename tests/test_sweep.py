@@ -85,12 +85,31 @@ def test_grid_points_are_cells_and_apply_only_where_they_take_effect(tmp_path, d
                suite="random-3:7", quality="sub-optimal", seed=4, data="harmodt:/d",
                device="cpu", results_dir="r", data_dir="d", force=True, regenerate_data=True,
                wandb="offline", progress=False),
+    RunRequest("socodt", threads=3, force=True, overwrite_committed=True),
 ])
 def test_a_sweep_runs_each_request_as_the_command_line_that_makes_it(request_):
     """A sweep starts each run as `mtrl-bench run <request.command_args()>`: parsing them
     back must give the very same request."""
     args = build_parser().parse_args(["run", *request_.command_args()])
     assert run_request(args) == request_
+
+
+@pytest.mark.parametrize("parallel, given, expected", [
+    (1, [], 2), (2, [], 1), (4, [], 1), (2, ["--threads", "2"], 2)])
+def test_parallel_cpu_runs_share_the_cores_instead_of_each_taking_all(
+        tmp_path, capsys, monkeypatch, parallel, given, expected):
+    """On this CPU (2 usable cores here; the share follows the cores the sweep may use),
+    N runs at a time get max(1, cores / N) threads each unless --threads is given."""
+    from mtrl_bench.runs import sweep
+
+    monkeypatch.setattr(sweep, "_visible_gpus", lambda: [])
+    monkeypatch.setattr("mtrl_bench.data.generation.default_workers", lambda: 2)
+    assert main(["sweep", "--methods", "promptdt", "--suites", "mt5", "--seeds", "0", "1",
+                 "--results-dir", str(tmp_path), "--parallel", str(parallel), "--dry-run",
+                 "--", "--preset", "tiny", *given]) == 0
+    commands = [line for line in capsys.readouterr().out.splitlines()
+                if line.startswith("  mtrl-bench run")]
+    assert len(commands) == 2 and all(f"--threads {expected}" in c for c in commands), commands
 
 
 def test_sweep_run_options_refuse_what_the_sweep_sets(capsys):

@@ -154,7 +154,8 @@ def test_table1_markdown_and_left_out_runs(tables):
     # the run with another budget has its own column, the unfinished run is listed
     assert "MT5 near-optimal [2]" in markdown and "run.budget_sequences: 16000 -> 8000000" \
         in markdown
-    assert "socodt mt5 near-optimal seed7" in markdown and ": running" in markdown
+    assert "socodt mt5 near-optimal seed7" in markdown
+    assert ": stopped (meta.json says running" in markdown  # and no process holds its lock
     assert "socodt [alpha=25.0]: socodt with alpha: 20.0 -> 25.0." in markdown
     # BH note counts the p-values actually adjusted
     defined = csv(out, "table1")["p_welch"].notna().sum()
@@ -338,3 +339,36 @@ def test_the_default_variant_keeps_the_plain_name_and_only_it_can_be_the_referen
                                  "harmodt-f [k_max=50]"}
     assert set(frame["reference"].dropna()) == {"harmodt-f"}
     assert frame.set_index("row").loc["socodt", "n"] == 2
+
+
+def test_table1_says_which_numerics_made_the_runs_and_which_cells_mix_them(tmp_path, capsys):
+    """meta.json "numerics": a cell whose seeds were made under different machine numerics
+    (or partly before they were recorded) is named, with its key counts."""
+    from synthetic_runs import FakeRun, identity, write
+
+    from mtrl_bench.identity import cell_id
+    from mtrl_bench.runs.rundir import run_dir
+
+    here = {"key": "aaaaaaaaaa", "cpu_model": "CPU A", "cpu_capability": "AVX2",
+            "torch_threads": 2, "torch": "2.13.0"}
+    there = {**here, "key": "bbbbbbbbbb", "cpu_model": "CPU B", "cpu_capability": "AVX512"}
+    plan = {"promptdt": [here, here, here], "harmodt-f": [here, there, None]}
+    for method, made_under in plan.items():
+        ident = identity(method, "near-optimal")
+        for seed, numerics in enumerate(made_under):
+            path = run_dir(tmp_path, "mt5", "near-optimal", method, cell_id(ident), seed)
+            success = np.full(5, 0.5) + 0.01 * seed
+            write(tmp_path / "runs", FakeRun(method, "near-optimal", seed, success,
+                                             1000 * success, ident, path))
+            if numerics:
+                meta = json.loads((path / "meta.json").read_text())
+                (path / "meta.json").write_text(json.dumps({**meta, "numerics": numerics}))
+    assert main(["table", "--results-dir", str(tmp_path), "--resamples", "100"]) == 0
+    capsys.readouterr()
+    markdown = (tmp_path / "tables" / "table1.md").read_text()
+    assert ("Machine numerics (meta.json): aaaaaaaaaa: CPU A, AVX2, 2 threads, torch 2.13.0; "
+            "bbbbbbbbbb: CPU B, AVX512, 2 threads, torch 2.13.0; unrecorded (older runs)."
+            in markdown)
+    assert ("Cells mixing runs made under different numerics: harmodt-f in MT5 near-optimal "
+            "(aaaaaaaaaa x1, bbbbbbbbbb x1, unrecorded x1)." in markdown)
+    assert "promptdt in MT5" not in markdown.split("Cells mixing")[1]

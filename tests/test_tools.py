@@ -4,7 +4,6 @@ Their figures are not checked here (speed goals are for the benchmarks themselve
 target machine); this keeps the scripts from rotting as the code under them changes.
 """
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,8 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
-TOOLS = Path(__file__).resolve().parents[1] / "tools"
+from toolbox import TOOLS, tool_module
 
 
 def run_tool(name: str, *args: str, tmp_path: Path,
@@ -38,6 +36,8 @@ def run_tool(name: str, *args: str, tmp_path: Path,
     ("crosscheck_eval.py", ["--tasks", "reach-v3", "--goals", "2", "--max-steps", "40",
                             "--episodes", "4", "--train-steps", "4", "--workers", "1"],
      ["scripted expert", "ALL AGREE"]),
+    ("bench_sweep.py", ["--preset", "tiny", "--runs", "2", "--parallel", "2"],
+     ["--parallel 2, ", "--parallel 2, torch default threads/run", "x runs/hour"]),
 ])
 def test_tool_runs(tmp_path, name, args, expected):
     result = run_tool(name, *args, tmp_path=tmp_path)
@@ -59,21 +59,13 @@ def test_datagen_benchmark_runs(tmp_path):
     assert "generator / raw same work" in result.stdout, output[-3000:]
 
 
-def _tool_module(name: str):
-    spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_reference_iteration_updates_only_the_task_s_active_entries():
     """The reference loop bench_train.py compares with trains one task on its own masks."""
     from mtrl_bench.method import build_method
     from mtrl_bench.training.model import PromptDTConfig
     from mtrl_bench.training.trainer import Trainer
 
-    bench = _tool_module("bench_train")
+    bench = tool_module("bench_train")
     config = PromptDTConfig(n_layer=1, n_head=1, n_embd=16, n_inner=32, dropout=0.0,
                             context_len=5, prompt_len=2)
     trainer = Trainer(bench.synthetic_datasets(2, 3, length=20), build_method("harmodt-f"),
@@ -92,7 +84,7 @@ def test_reference_iteration_updates_only_the_task_s_active_entries():
 def test_gpu_report_stops_a_step_and_its_workers_at_its_limit(tmp_path):
     """One slow step cannot eat the lease: its whole process group is killed at its limit,
     what it wrote so far is kept, and the report goes on."""
-    report = _tool_module("gpu_report")
+    report = tool_module("gpu_report")
     marker = tmp_path / "partial.json"
     child = ("import subprocess, sys, time, json, pathlib; "
              f"pathlib.Path({str(marker)!r}).write_text(json.dumps({{'done': 1}})); "
@@ -109,7 +101,7 @@ def test_gpu_report_stops_a_step_and_its_workers_at_its_limit(tmp_path):
 
 
 def test_gpu_report_goals_are_judged_from_the_figures():
-    report = _tool_module("gpu_report")
+    report = tool_module("gpu_report")
     steps = {
         "train-eager": report.Step("train-eager", "", 1, [], None, "ok", 1, {
             "methods": {"harmodt-f": {"sequences_per_s": 40_000},

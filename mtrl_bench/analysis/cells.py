@@ -15,7 +15,8 @@ from pathlib import Path
 
 from mtrl_bench.identity import cell_id, differences, format_value, protocol_id, variant_id
 from mtrl_bench.io import read_json
-from mtrl_bench.runs.rundir import SEED_DIR
+from mtrl_bench.provenance import numerics_summary
+from mtrl_bench.runs.rundir import SEED_DIR, lock_holder
 
 
 @dataclass
@@ -27,12 +28,19 @@ class RunRecord:
     suite: str
     quality: str
     seed: int | None
-    status: str  # finished | running (or another meta.json status) | incomplete | unreadable
+    #: finished | running | stopped (said running, nobody holds the lock) | another meta.json
+    #: status | incomplete | unreadable
+    status: str
     reason: str = ""
     results: dict | None = None
     tasks: list[str] = field(default_factory=list)
     identity: dict | None = None
     role: dict | None = None  # meta.json "role", used when the method is not registered here
+    #: meta.json "numerics" (machine, threads, library builds; None: made before it was
+    #: recorded) and the keys of every numerics it ran under (more than one if resumed
+    #: elsewhere)
+    numerics: dict | None = None
+    numerics_keys: tuple[str, ...] = ("unrecorded",)
 
     def label(self) -> str:
         seed = "?" if self.seed is None else self.seed
@@ -53,11 +61,18 @@ def load_run(path: Path) -> RunRecord:
         run.tasks = [str(task) for task in meta.get("tasks", [])]
         run.identity = meta.get("identity")
         run.role = meta.get("role")
+        run.numerics = meta.get("numerics")
+        if run.numerics:
+            run.numerics_keys = tuple(meta.get("numerics_mixed") or [run.numerics["key"]])
     except (OSError, ValueError, TypeError, AttributeError) as err:
         run.reason = f"meta.json unreadable ({type(err).__name__})"
         return run
     if meta.get("status") != "finished":
         run.status = str(meta.get("status") or "running")
+        if run.status == "running" and lock_holder(path) is None:
+            run.status = "stopped"
+            run.reason = ("meta.json says running but no process holds its lock: killed or "
+                          "crashed; the same command resumes it")
         return run
     if not (path / "final.json").exists():
         run.status, run.reason = "incomplete", "final.json missing"
@@ -235,6 +250,36 @@ def group_cells(runs: list[RunRecord]) -> tuple[list[Cell], list[tuple[RunRecord
                           first.identity, members))
     cells.sort(key=lambda c: (column_key(c.column), row_key(c.row)))
     return cells, left_out
+
+
+def numerics_notes(cells: list[Cell]) -> list[str]:
+    """Which machine numerics made the runs (meta.json "numerics"), and every cell whose
+    runs were made under more than one: their seeds differ by floating-point chaos as well
+    as by seed (README, Reproducibility)."""
+    described = {}
+    for cell in cells:
+        for run in cell.runs:
+            for key in run.numerics_keys:
+                described.setdefault(key, numerics_summary(run.numerics)
+                                     if key != "unrecorded" else "unrecorded")
+    if not described:
+        return []
+    if set(described) == {"unrecorded"}:
+        return ["Machine numerics: unrecorded for every run (made before mtrl-bench recorded "
+                "them); runs made on another CPU can differ by floating-point chaos."]
+    notes = ["Machine numerics (meta.json): " + "; ".join(
+        described[key] if key != "unrecorded" else "unrecorded (older runs)"
+        for key in sorted(described)) + "."]
+    mixed = []
+    for cell in cells:
+        counts = Counter(key for run in cell.runs for key in run.numerics_keys)
+        if len(counts) > 1:
+            parts = ", ".join(f"{key} x{n}" for key, n in sorted(counts.items()))
+            mixed.append(f"{cell.row.label} in {cell.column.label} ({parts})")
+    if mixed:
+        notes.append("Cells mixing runs made under different numerics: " + "; ".join(mixed)
+                     + ".")
+    return notes
 
 
 # ------------------------------------------------------------------ display order and names

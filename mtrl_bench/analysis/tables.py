@@ -38,6 +38,7 @@ from mtrl_bench.analysis.cells import (
     RunRecord,
     column_key,
     group_cells,
+    numerics_notes,
     row_key,
     scan_runs,
 )
@@ -345,6 +346,7 @@ def table1(grid: Grid, options: TableOptions):
         "Δ says under-powered and no arrow is drawn.",
         f"Reference per column: {how}; baselines: {baselines}.",
         *_identity_notes(rows, grid),
+        *numerics_notes([s.cell for s in grid.at.values()]),
     ]
     if any(r.role == "ablation" for r in grid.rows):
         notes.append("Ablations are in the ablation table (table4).")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -117,10 +118,14 @@ def check_quality(quality: str) -> str:
 
 
 def regenerate_hint(task: str, quality: str, episodes: int, seed: int,
-                    episode_length: int) -> str:
+                    episode_length: int, data_dir) -> str:
+    """The command that regenerates one file, naming its data folder unless it is the
+    default (followed without it, the command would write elsewhere and fix nothing)."""
+    where = ("" if Path(data_dir).expanduser().resolve() == default_data_dir().resolve()
+             else f" --data-dir {shlex.quote(str(data_dir))}")
     return (f"regenerate it with `mtrl-bench data --tasks {task} --quality {quality} "
-            f"--episodes {episodes} --seed {seed} --episode-length {episode_length} --force` "
-            "(or rerun with --regenerate-data)")
+            f"--episodes {episodes} --seed {seed} --episode-length {episode_length}{where} "
+            "--force` (or rerun with --regenerate-data)")
 
 
 def check_sizes(episodes: int | None, seed: int, episode_length: int) -> None:
@@ -266,6 +271,9 @@ def load_suite_dataset(tasks: list[str], quality: str, *, data_dir=None,
     datasets = {}
     for task in dict.fromkeys(normalize_task_name(t) for t in tasks):
         expected, path = _resolve_file(data_dir, task, quality, episodes, seed, episode_length)
+        if path.exists() and not path.is_file():
+            raise DatasetError(f"{path} is a folder (or another non-file), where the dataset "
+                               f"file for {task} belongs: move it away")
         if not path.is_file():
             raise DatasetError(f"missing dataset for {task}: {path} does not exist"
                                f"{missing_hint(data_dir, task, quality)}; generate it with "
@@ -274,7 +282,8 @@ def load_suite_dataset(tasks: list[str], quality: str, *, data_dir=None,
             datasets[task] = load_file(path, expected)
         except DatasetError as err:
             raise DatasetError(f"{err}; " + regenerate_hint(task, quality, expected["episodes"],
-                                                            seed, episode_length)) from None
+                                                            seed, episode_length, data_dir)
+                               ) from None
     return datasets
 
 

@@ -190,6 +190,9 @@ def _write_dataset(path: Path, arrays: dict, meta: dict) -> None:
 def _stale_reason(path: Path, settings: dict) -> str | None:
     """None when ``path`` is a finished file made with ``settings``, else why not (only the
     meta is read here; the arrays are validated when loaded)."""
+    if path.exists() and not path.is_file():
+        raise DatasetError(f"{path} is a folder (or another non-file), where the dataset "
+                           "file belongs: move it away; mtrl-bench will not delete it")
     if not path.is_file():
         return "missing"
     try:
@@ -266,7 +269,12 @@ def _available_memory() -> int | None:
 
 
 def _gb(size: float) -> str:
-    return f"{size / 1e9:.1f} GB" if size >= 1e8 else f"{size / 1e6:.1f} MB"
+    """A size in the largest unit that keeps it at least 1 (3 significant digits), so a
+    small need or a nearly full disk never reads as "0.0 MB"."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.3g} {unit}"
+    return f"{size:.0f} bytes"
 
 
 def generate_suite_dataset(tasks: list[str], quality: str, *, data_dir=None, episodes: int,
@@ -298,7 +306,8 @@ def generate_suite_dataset(tasks: list[str], quality: str, *, data_dir=None, epi
         task = damaged[0]
         more = f" (and {len(damaged) - 1} more task(s))" if len(damaged) > 1 else ""
         raise DatasetError(f"{reasons[task]}{more}; "
-                           + regenerate_hint(task, quality, episodes, seed, episode_length))
+                           + regenerate_hint(task, quality, episodes, seed, episode_length,
+                                             data_dir))
     if not todo:
         return paths
     check_size(todo, episodes, episode_length, folder)

@@ -21,12 +21,22 @@ from pathlib import Path
 from mtrl_bench.errors import RunLocked, UserError
 from mtrl_bench.io import atomic_write_text, read_json
 
-DEFAULT_RESULTS_DIR = Path("results")
+RESULTS_DIR_ENV = "MTRL_BENCH_RESULTS_DIR"
 SEED_DIR = re.compile(r"seed\d+")
 
 
+def default_results_dir() -> Path:
+    """``$MTRL_BENCH_RESULTS_DIR``, else ``$XDG_DATA_HOME/mtrl-bench/results`` (default
+    ``~/.local/share/mtrl-bench/results``): a user's own runs never land in, or get skipped
+    because of, the repository's committed ``results/`` (read that with --results-dir)."""
+    if os.environ.get(RESULTS_DIR_ENV):
+        return Path(os.environ[RESULTS_DIR_ENV]).expanduser()
+    data_home = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(data_home).expanduser() / "mtrl-bench" / "results"
+
+
 def results_dir(path: str | os.PathLike | None = None) -> Path:
-    return Path(path or os.environ.get("MTRL_BENCH_RESULTS_DIR") or DEFAULT_RESULTS_DIR)
+    return Path(path).expanduser() if path else default_results_dir()
 
 
 def run_dir(results: str | os.PathLike | None, suite: str, quality: str, method: str,
@@ -43,6 +53,19 @@ def is_finished(path: Path) -> bool:
         )
     except (OSError, ValueError, KeyError):
         return False
+
+
+def tracked_by_git(path: Path) -> bool:
+    """Whether run directory ``path`` holds files committed to a git repository (the
+    repository's own results/): those are a record to keep, not a cache to redo."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "ls-files", "--", "meta.json", "final.json"], cwd=path,
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return out.returncode == 0 and bool(out.stdout.strip())
 
 
 # ------------------------------------------------------------------ the lock

@@ -124,6 +124,21 @@ def run_local(specs: list[RunSpec], parallel: int | None = None) -> dict[str, in
         return dict(pool.map(launch, specs))
 
 
+def size_threads(specs: list[RunSpec], parallel: int | None) -> list[RunSpec]:
+    """On a CPU, N runs at a time each keep max(1, cores / N) torch threads (and evaluation
+    workers): left at torch's default, every run would spin one thread per core and N runs
+    would oversubscribe the cores N times over. A ``--threads`` given to the runs wins; on
+    GPUs nothing changes (their runs barely use the CPU's threads)."""
+    from mtrl_bench.data.generation import default_workers
+
+    if _visible_gpus():
+        return specs
+    threads = max(1, default_workers() // (parallel or 1))
+    return [spec if spec.request.threads is not None
+            else replace(spec, request=replace(spec.request, threads=threads))
+            for spec in specs]
+
+
 def run_ray(specs: list[RunSpec], address: str | None, gpus_per_run: float) -> dict[str, int]:
     """Each run becomes a Ray task running the same ``mtrl-bench run`` command."""
     try:
@@ -220,6 +235,8 @@ def run_sweep(specs: list[RunSpec], *, executor: str = "local", parallel: int | 
                         "`mtrl-bench data ... --force`, then sweep")
     specs = [replace(spec, request=replace(spec.request, regenerate_data=False))
              for spec in specs]
+    if executor == "local":
+        specs = size_threads(specs, parallel)
     planned, finished, notes, locked = plan_sweep(specs)
     for note in notes:
         print(f"sweep: {note}")
