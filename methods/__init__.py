@@ -3,4 +3,6 @@ importing this package registers them all). Installed as ``mtrl_bench.methods``;
 a module as ``methods.x`` from the repository root registers nothing twice."""
 
 # imported in the order tables list them: the paper's baselines, gradient surgery, SoCo-DT
-from . import promptdt, mtdt, harmodt, pcgrad, cagrad, socodt, random_masks  # noqa: F401, I001
+# and its controls
+from . import promptdt, mtdt, task_film, harmodt, pcgrad, cagrad, socodt, random_masks  # noqa: F401, I001
+from . import shared_mask  # noqa: F401, I001

@@ -222,7 +222,8 @@ class Method:
     """
 
     name: str = "base"
-    #: model conditioning this method needs: "prompt" (Prompt-DT) or "task_id" (MTDT)
+    #: model conditioning this method needs: "prompt" (Prompt-DT), "task_id" (MTDT) or
+    #: "prompt-film" (Prompt-DT with per-task FiLM in every block: task-film)
     conditioning: str = "prompt"
     #: constructor parameters this class accepts but ignores, with why: binding one is an
     #: error and they are not part of a run's identity (an ablation that switches a

@@ -134,7 +134,7 @@ def reference_iteration(trainer: Trainer, task: int) -> float:
     step, put the saved values back into the entries task i does not use, and read the loss
     back to the host, as the reference does every iteration."""
     batch = trainer.sampler.sample(tasks=trainer.sampler.all_tasks[task:task + 1],
-                                   with_prompt=trainer.config.conditioning == "prompt")
+                                   with_prompt=trainer.config.prompted)
     saved = copy.deepcopy(trainer.model.state_dict())
     named = trainer.model.maskable_parameters()
     row = None if trainer.masks is None else [
@@ -145,7 +145,7 @@ def reference_iteration(trainer: Trainer, task: int) -> float:
         with torch.no_grad():
             for (_, param), keep in zip(named, row):
                 param.mul_(keep)
-    prompt = batch.get("prompt") if trainer.config.conditioning == "prompt" else None
+    prompt = batch.get("prompt") if trainer.config.prompted else None
     pred = trainer.model(batch["states"], batch["actions"], batch["returns_to_go"],
                          batch["timesteps"], batch["attention_mask"], prompt=prompt,
                          task_ids=batch["task_ids"])

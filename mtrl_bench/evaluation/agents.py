@@ -113,7 +113,7 @@ class DecisionTransformerAgent:
         self.std = tensor(state_std).view(n, 1, OBS_DIM)
         self.target = tensor(target_returns).view(n, 1) * self.rtg_scale
         self.prompt = None
-        if model.cfg.conditioning == "prompt":
+        if model.cfg.prompted:
             if prompts is None or len(prompts) != n:
                 raise ValueError("Prompt-DT conditioning needs one prompt per task")
             states = tensor(np.stack([p["states"] for p in prompts]))  # (N, K', 39)
@@ -149,7 +149,7 @@ class DecisionTransformerAgent:
         else:
             targets = [float(target_returns)] * len(tasks)
         prompts = ([evaluation_prompt(datasets[t], model.cfg.prompt_len) for t in tasks]
-                   if model.cfg.conditioning == "prompt" else None)
+                   if model.cfg.prompted else None)
         return cls(model, masks, prompts, np.stack([s[0] for s in stats]),
                    np.stack([s[1] for s in stats]), np.asarray(targets), **kwargs)
 

@@ -195,6 +195,7 @@ def _run_locked(plan: RunPlan, request: RunRequest) -> Path:
         "started": meta.get("started") or datetime.datetime.now().isoformat(timespec="seconds"),
         "total_steps": total_steps, "sequences_per_step": trainer.sequences_per_step,
         "cell": plan.cell, "identity": plan.identity, "arguments": args,
+        "streams": trainer.streams,
         "role": method_role(method).as_dict(),
     })
     earlier_wall = meta.get("wall_time_s", 0.0)  # sessions before a resume, to their checkpoint
@@ -262,6 +263,7 @@ def _run_locked(plan: RunPlan, request: RunRequest) -> Path:
     atomic_write_json(path / "final.json", {
         "tasks": tasks, "final": final,
         "best": {**best, "label": "best over evaluations (chosen on the evaluation episodes)"},
+        **({"masks": trainer.mask_movement()} if trainer.masks is not None else {}),
     })
     wall = earlier_wall + time.perf_counter() - started
     meta.update({"status": "finished", "wall_time_s": wall, "stage_seconds": clock.seconds,

@@ -40,7 +40,9 @@ class PromptDTConfig:
     context_len: int = 20  # K
     prompt_len: int = 5  # K'
     max_timestep: int = 1000
-    conditioning: str = "prompt"  # "prompt" (Prompt-DT) or "task_id" (MTDT)
+    #: "prompt" (Prompt-DT), "task_id" (MTDT) or "prompt-film" (Prompt-DT with a per-task
+    #: scale and shift after every block's layer norms: the task-film control)
+    conditioning: str = "prompt"
     num_tasks: int = 1  # size of the task-ID table when conditioning == "task_id"
     mask_layer_norms: bool = True  # layer norms inside blocks are maskable (HarmoDT)
 
@@ -53,8 +55,17 @@ class PromptDTConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
-        if self.conditioning not in ("prompt", "task_id"):
-            raise ValueError(f"conditioning must be prompt or task_id, not {self.conditioning!r}")
+        if self.conditioning not in CONDITIONINGS:
+            raise ValueError(f"conditioning must be one of {', '.join(CONDITIONINGS)}, not "
+                             f"{self.conditioning!r}")
+
+    @property
+    def prompted(self) -> bool:
+        """Whether the model reads a prompt (every conditioning but MTDT's task ID)."""
+        return self.conditioning != "task_id"
+
+
+CONDITIONINGS = ("prompt", "task_id", "prompt-film")
 
 
 class MaskableLinear(nn.Linear):
@@ -107,12 +118,14 @@ class Block(nn.Module):
         self.dropout = cfg.dropout
         self.resid_drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, attn_bias, masks: TaskMasks | None, query: int | None = None):
+    def forward(self, x, attn_bias, masks: TaskMasks | None, query: int | None = None,
+                film: torch.Tensor | None = None):
         """x: (N, B, L, d); attn_bias: (N*B, 1, L, L) additive (0 / -inf). With ``query``,
         only that position's output is computed, (N, B, 1, d): keys and values still come
-        from every position (what acting needs from the last block)."""
+        from every position (what acting needs from the last block). ``film``: (N, 2, 2, d)
+        per-task (scale - 1, shift) after ln_1 and ln_2."""
         n, b, length, d = x.shape
-        qkv = self.attn_qkv(self.ln_1(x, masks), masks)
+        qkv = self.attn_qkv(_modulate(self.ln_1(x, masks), film, 0), masks)
         q, k, v = qkv.view(n * b, length, 3, self.n_head, d // self.n_head).permute(2, 0, 3, 1, 4)
         if query is not None:
             q, attn_bias, x = (q[:, :, query:query + 1], attn_bias[:, :, query:query + 1],
@@ -128,8 +141,17 @@ class Block(nn.Module):
                                                dropout_p=dropout)
         y = y.transpose(1, 2).reshape(n, b, length, d)
         x = x + self.resid_drop(self.attn_proj(y, masks))
-        h = F.relu(self.mlp_fc(self.ln_2(x, masks), masks))
+        h = F.relu(self.mlp_fc(_modulate(self.ln_2(x, masks), film, 1), masks))
         return x + self.resid_drop(self.mlp_proj(h, masks))
+
+
+def _modulate(h: torch.Tensor, film: torch.Tensor | None, which: int) -> torch.Tensor:
+    """h * (1 + scale) + shift with the per-task FiLM of layer norm ``which`` (no-op
+    without FiLM); h: (N, B, L, d), film: (N, 2, 2, d)."""
+    if film is None:
+        return h
+    scale, shift = film[:, which, 0, None, None], film[:, which, 1, None, None]
+    return h * (1 + scale) + shift
 
 
 class PromptDT(nn.Module):
@@ -142,7 +164,7 @@ class PromptDT(nn.Module):
         self.embed_state = nn.Linear(cfg.state_dim, d)
         self.embed_action = nn.Linear(cfg.act_dim, d)
         self.embed_ln = nn.LayerNorm(d)
-        if cfg.conditioning == "prompt":
+        if cfg.prompted:
             self.prompt_embed_timestep = nn.Embedding(cfg.max_timestep, d)
             self.prompt_embed_return = nn.Linear(1, d)
             self.prompt_embed_state = nn.Linear(cfg.state_dim, d)
@@ -153,6 +175,8 @@ class PromptDT(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(d)
         self.predict_action = nn.Linear(d, cfg.act_dim)
+        if cfg.conditioning == "prompt-film":  # zeros: the identity; shared, never masked
+            self.task_film = nn.Parameter(torch.zeros(cfg.num_tasks, cfg.n_layer, 2, 2, d))
         self.apply(self._init_weights)
         self.mask_segments = self._register_mask_segments()
 
@@ -233,7 +257,7 @@ class PromptDT(nn.Module):
         n, b, k, _ = states.shape
         main = self.embed_ln(self._tokens(states, actions, returns_to_go, timesteps, False))
         key_mask = attention_mask.repeat_interleave(3, dim=-1)
-        if self.cfg.conditioning == "prompt":
+        if self.cfg.prompted:
             if prompt is None:
                 raise ValueError("Prompt-DT conditioning needs a prompt")
             p = {key: value.expand(n, b, *value.shape[2:]) for key, value in prompt.items()}
@@ -253,13 +277,16 @@ class PromptDT(nn.Module):
         allowed = allowed | torch.eye(length, dtype=torch.bool, device=x.device)
         attn_bias = torch.zeros(allowed.shape, dtype=torch.float32, device=x.device).masked_fill(
             ~allowed, -math.inf)  # out of place: the model also runs under torch.func.vmap
+        film = self.task_film[task_ids] if self.cfg.conditioning == "prompt-film" else None
+        films = [None if film is None else film[:, i] for i in range(len(self.blocks))]
         if last_only:  # the state token of the last step: second to last of the sequence
-            for block in self.blocks[:-1]:
-                x = block(x, attn_bias, masks)
-            state_hidden = self.ln_f(self.blocks[-1](x, attn_bias, masks, query=length - 2))
+            for block, layer_film in zip(self.blocks[:-1], films):
+                x = block(x, attn_bias, masks, film=layer_film)
+            state_hidden = self.ln_f(self.blocks[-1](x, attn_bias, masks, query=length - 2,
+                                                     film=films[-1]))
             return torch.tanh(self.predict_action(state_hidden))
-        for block in self.blocks:
-            x = block(x, attn_bias, masks)
+        for block, layer_film in zip(self.blocks, films):
+            x = block(x, attn_bias, masks, film=layer_film)
         x = self.ln_f(x[:, :, pre.shape[2]:])
         state_hidden = x.view(n, b, k, 3, -1)[:, :, :, 1]
         return torch.tanh(self.predict_action(state_hidden))

@@ -23,6 +23,7 @@ back only every ``log_every`` steps and the masks only when they are updated
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import os
 import shutil
@@ -138,6 +139,9 @@ class Trainer:
             compute_dtype=torch.bfloat16 if self.autocast else torch.float32,
             soft_values=self.method.soft_masks,
         )
+        #: which entries each task uses at the start (M == 1), to measure how far masks move
+        self.initial_active = None if self.masks is None else self.masks.soft == 1
+        self.streams = self._stream_digests()
         cuda = self.device.type == "cuda"
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=learning_rate, weight_decay=weight_decay,
@@ -155,6 +159,35 @@ class Trainer:
         self._train_seconds = 0.0  # time spent in train() since the last log
         #: seconds spent in mask updates by this process (device work included)
         self.mask_update_seconds = 0.0
+
+    def _stream_digests(self) -> dict[str, str | None]:
+        """What this run's seed fixed, read off what the trainer built (not off the seed):
+        digests of the initial weights, of the batch stream (the sampler's generator state
+        and the shape of the data it draws from) and of the initial masks. Two runs whose
+        digests agree started from the same weights, draw the same batches or start from
+        the same masks: their results are paired by seed (analysis pairs only those)."""
+        weights = [value for value in self.model.state_dict().values()]
+        sampler = self.sampler
+        batches = [sampler.generator.get_state(), sampler.data.count, sampler.data.length,
+                   sampler.demos.count]
+        return {"initial_weights": tensor_digest(weights),
+                "batch_stream": tensor_digest(batches),
+                "initial_masks": None if self.masks is None else tensor_digest([self.masks.soft])}
+
+    def mask_movement(self) -> dict[str, object]:
+        """How far the masks moved and how much tasks share: per task the share of entries
+        whose use (M == 1) differs from the start, and the mean over task pairs of the
+        Jaccard overlap of the entries they use (1 = one mask for all tasks)."""
+        active = self.masks.soft == 1
+        moved = (active != self.initial_active).float().mean(dim=1)
+        used = active.float()
+        both = used @ used.T  # (N, N) entries used by both tasks
+        sizes = used.sum(dim=1)
+        union = sizes[:, None] + sizes[None, :] - both
+        pairs = torch.triu_indices(self.num_tasks, self.num_tasks, offset=1, device=used.device)
+        jaccard = (both / union.clamp(min=1))[pairs[0], pairs[1]]
+        return {"moved": moved.tolist(),
+                "overlap": jaccard.mean().item() if jaccard.numel() else None}
 
     @staticmethod
     def check_arguments(*, total_steps: int, batch_size: int, learning_rate: float,
@@ -185,7 +218,7 @@ class Trainer:
 
     def _task_losses(self, batch: dict, model=None) -> torch.Tensor:
         """(N,) per-task losses of one task-grouped batch (the forward pass)."""
-        prompt = batch.get("prompt") if self.config.conditioning == "prompt" else None
+        prompt = batch.get("prompt") if self.config.prompted else None
         with self._autocast():
             pred = (model or self._model_fn)(
                 batch["states"], batch["actions"], batch["returns_to_go"], batch["timesteps"],
@@ -283,7 +316,7 @@ class Trainer:
         """One optimiser step on all tasks; returns the mask metrics if masks were updated."""
         update = self.masks is not None and self.method.wants_update(self.step)
         capture = update and self.method.mask_update_needs_gradients
-        batch = self.sampler.sample(with_prompt=self.config.conditioning == "prompt")
+        batch = self.sampler.sample(with_prompt=self.config.prompted)
         if self.method.combines_gradients:
             task_losses = self.combined_backward(batch, capture=capture)
         else:
@@ -355,7 +388,7 @@ class Trainer:
         extra = self.method.update_masks(ctx)
         self.masks.refresh()
         return {"kind": "mask", "step": self.step, "entries": self.masks.soft.shape[1],
-                **self.method.mask_metrics(self.masks.soft), **extra}
+                **self.method.mask_metrics(self.masks.soft), **self.mask_movement(), **extra}
 
     # ----------------------------------------------------------------- the loop
     def train(self, until_step: int | None = None,
@@ -467,6 +500,14 @@ class Trainer:
                           "but not bit-for-bit", stacklevel=2)
         self._loss_sum.copy_(state["log_interval"]["loss_sum"])
         self._interval_start = state["log_interval"]["start"]
+
+
+def tensor_digest(tensors) -> str:
+    """A short hash of the bytes of ``tensors`` (on any device), in order."""
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _all_finite(state) -> bool:
