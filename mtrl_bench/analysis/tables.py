@@ -39,7 +39,9 @@ from mtrl_bench.analysis.cells import (
     column_key,
     group_cells,
     row_key,
+    run_scores,
     scan_runs,
+    unusable_reason,
 )
 from mtrl_bench.analysis.render import (
     MISSING,
@@ -88,35 +90,21 @@ class CellScores:
         return self.cell.column
 
 
-def _run_scores(run: RunRecord, metric: str) -> tuple[list[str], np.ndarray, np.ndarray]:
-    results = run.results
-    tasks = [str(t) for t in results["tasks"]]
-    block = results[metric]
-    success = np.array([float(block["success"][t]) for t in tasks])
-    returns = np.array([float(block["return"][t]) for t in tasks])
-    if not (np.all(np.isfinite(success)) and np.all((success >= 0) & (success <= 1))):
-        raise ValueError("success rates outside [0, 1]")
-    if not np.all(np.isfinite(returns)):
-        raise ValueError("non-finite returns")
-    return tasks, success, returns
-
-
 def cell_scores(cells: list[Cell], metric: str):
-    """(scores of every cell with usable runs, [(run, why it was left out)])."""
+    """(scores of every cell with usable runs, [(run, why it was left out)]). The cells come
+    from :func:`group_cells`, which already left out runs unusable for the headline metric;
+    ``metric`` "best" (table1_best) may leave out more."""
     out, left_out = [], []
     for cell in cells:
         tasks, seeds, success, returns = None, [], [], []
         for run in cell.runs:
-            try:
-                run_tasks, s, r = _run_scores(run, metric)
-            except (KeyError, TypeError, ValueError) as err:
-                left_out.append((run, f"final.json has no usable {metric!r} scores ({err})"))
+            reason = unusable_reason(run, metric)
+            if reason is not None:
+                left_out.append((run, reason))
                 continue
+            run_tasks, s, r = run_scores(run, metric)
             if tasks is None:
                 tasks = run_tasks
-            if sorted(run_tasks) != sorted(tasks):
-                left_out.append((run, "final.json lists other tasks than its cell's runs"))
-                continue
             order = [run_tasks.index(t) for t in tasks]
             seeds.append(run.seed)
             success.append(s[order])
@@ -704,7 +692,7 @@ def build_tables(runs_dir: Path, out: Path, options: TableOptions) -> tuple[str,
     table1_best, so both numbers exist and are never confused.
     """
     runs = finished_runs_or_error(runs_dir)
-    cells, left_out = group_cells(runs)
+    cells, left_out = group_cells(runs, options.metric)  # the one selection of runs
     _check_names(options, cells)
     _prepare_out(out)
     suffix = "" if options.metric == "final" else f"_{options.metric}"
