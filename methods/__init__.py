@@ -2,7 +2,7 @@
 importing this package registers them all). Installed as ``mtrl_bench.methods``; importing
 a module as ``methods.x`` from the repository root registers nothing twice."""
 
-# imported in the order tables list them: the paper's baselines, gradient surgery, SoCo-DT
-# and its controls
-from . import promptdt, mtdt, task_film, harmodt, pcgrad, cagrad, socodt, random_masks  # noqa: F401, I001
-from . import shared_mask  # noqa: F401, I001
+# imported in the order tables list them: the paper's baselines, gradient surgery, the
+# torchjd gradient-combination family, SoCo-DT and its controls
+from . import promptdt, mtdt, task_film, harmodt, pcgrad, cagrad  # noqa: F401, I001
+from . import aggregators, socodt, random_masks, shared_mask  # noqa: F401, I001

@@ -339,7 +339,11 @@ def configure_table(parser: argparse.ArgumentParser) -> None:
                         help="seeds needed on both sides before an arrow is drawn "
                              "(default: %(default)s)")
     parser.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES,
-                        help="bootstrap resamples of the IQM interval (default: %(default)s)")
+                        help="bootstrap resamples of the IQM, optimality-gap, performance-"
+                             "profile and P(X > Y) intervals (default: %(default)s)")
+    parser.add_argument("--pairwise", nargs="+", default=None, metavar="ROW",
+                        help="methods (or row labels) compared pairwise by P(X > Y) (default: "
+                             "every method's main variant except ablations)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
     parser.add_argument("--paper-reference", type=Path, default=None, metavar="CSV",
                         help="the paper's numbers (default: socodt-paper.csv, installed with "
@@ -352,7 +356,8 @@ def table_command(args: argparse.Namespace) -> int:
     runs_dir, out = _results_paths(args, "tables")
     options = TableOptions(args.metric, tuple(args.baselines) if args.baselines else None,
                            args.reference, args.min_seeds, args.resamples, args.seed,
-                           args.paper_reference)
+                           args.paper_reference,
+                           tuple(args.pairwise) if args.pairwise else None)
     markdown, files = build_tables(runs_dir, out, options)
     print(markdown)
     print(f"wrote {len(files)} files to {out}")

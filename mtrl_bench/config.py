@@ -457,6 +457,9 @@ def _check_arguments(method: str, tasks: list[str], arguments: dict[str, dict],
                         (gin_name(method), lambda a: build_method(method, **a))):
         try:
             build(arguments[name])
+        except UserError as err:  # already one line, less what gin appends to it
+            message = str(err).split("In call to configurable")[0]
+            raise UserError(" ".join(message.split())) from None
         except (ValueError, TypeError, ArithmeticError) as err:
             message = str(err).split("In call to configurable")[0]
             raise UserError(f"{name}: {' '.join(message.split())}") from None

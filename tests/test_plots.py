@@ -145,7 +145,8 @@ def test_plot_command_writes_every_figure_and_an_index(synthetic, capsys):
     out = root / "figures"
     stdout = capsys.readouterr().out
     names = sorted(p.name for p in out.glob("*.png"))
-    for kind in ("learning_curves", "mask_sparsity", "beta_schedule", "conflict_scores"):
+    for kind in ("learning_curves", "mask_sparsity", "beta_schedule", "conflict_scores",
+                 "aggregate_metrics"):
         assert any(n.startswith(f"{kind}_mt5_near-optimal_") for n in names), kind
     assert "learning_curves_mt5_sub-optimal.png" in names
     for name in names:
@@ -171,3 +172,28 @@ def test_plot_errors_are_one_line_with_exit_2(tmp_path, capsys):
         assert main(["plot", *argv]) == 2
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and message in err
+
+
+def test_aggregate_metrics_draw_the_tables_numbers(synthetic):
+    """Performance profiles, optimality gap and P(X > reference) of each row, from the
+    column's final success: curves and points recomputed here by their definitions."""
+    _, runs, columns, _ = synthetic
+    fig = plots.aggregate_metrics(column(columns, "MT5 near-optimal [1]"), "near")
+    profile_ax, gap_ax, poi_ax = fig.axes[:3]
+    success = np.stack([r.success for r in main_runs(runs, "socodt", "near-optimal")])
+    curve = line(profile_ax, "socodt (n=5)")
+    taus = curve.get_xdata() / 100
+    expected = [(success.ravel() > t).mean() for t in taus]
+    np.testing.assert_allclose(curve.get_ydata(), 100 * np.array(expected))
+    labels = [t.get_text() for t in gap_ax.get_yticklabels()]
+    index = labels.index("socodt (n=5)")
+    gap_points = [li for li in gap_ax.get_lines() if len(li.get_xdata()) == 1
+                  and li.get_ydata()[0] == index]
+    assert gap_points[0].get_xdata()[0] == pytest.approx(100 * (1 - success.mean()))
+    assert "harmodt-f" in poi_ax.get_xlabel()
+    reference = np.stack([r.success for r in main_runs(runs, "harmodt-f", "near-optimal")])
+    poi = np.mean([np.mean([(a > b) + 0.5 * (a == b) for a in success[:, t]
+                            for b in reference[:, t]]) for t in range(success.shape[1])])
+    points = [li for li in poi_ax.get_lines() if len(li.get_xdata()) == 1
+              and li.get_ydata()[0] == index]
+    assert points[0].get_xdata()[0] == pytest.approx(poi)

@@ -100,7 +100,8 @@ def test_duplicate_name_is_refused_loudly():
 
 
 def test_unknown_method_lists_the_valid_ones():
-    with pytest.raises(UserError, match="unknown method 'nope'; valid: promptdt, mtdt, task-film, harmodt-f"):
+    with pytest.raises(UserError,
+                       match="unknown method 'nope'; valid: promptdt, mtdt, task-film, harmodt-f"):
         get_method_class("nope")
     with pytest.raises(UserError, match="unknown method 'nope'"):
         Trainer({"reach-v3": None}, "nope", device="cpu")

@@ -144,3 +144,93 @@ def test_mean_interval_is_a_t_interval_over_runs():
     assert (interval.low, interval.high) == pytest.approx((per_run.mean() - half,
                                                           per_run.mean() + half))
     assert stats.mean_ci(scores[:1]).low is None
+
+
+# ------------------------------------------------------------ rliable's aggregate metrics
+
+
+def _two_methods(seed=0):
+    rng = np.random.default_rng(seed)
+    x = np.round(np.clip(rng.uniform(0.2, 0.9, (5, 6)), 0, 1) * 50) / 50  # ties happen
+    y = np.round(np.clip(rng.uniform(0.1, 0.8, (4, 6)), 0, 1) * 50) / 50
+    return x, y
+
+
+def test_probability_of_improvement_counts_run_pairs_per_task():
+    """Independent: per task, the Mann-Whitney U statistic of X over Y / (n_x n_y) (scipy),
+    and the explicit double loop over run pairs, ties one half; averaged over tasks."""
+    x, y = _two_methods()
+    by_scipy = np.mean([sps.mannwhitneyu(x[:, t], y[:, t]).statistic / (5 * 4)
+                        for t in range(6)])
+    by_loop = np.mean([[(a > b) + 0.5 * (a == b) for a in x[:, t] for b in y[:, t]]
+                       for t in range(6)])
+    assert stats.probability_of_improvement(x, y) == pytest.approx(by_scipy)
+    assert stats.probability_of_improvement(x, y) == pytest.approx(by_loop)
+    assert stats.probability_of_improvement(x, x) == pytest.approx(0.5)
+    assert stats.probability_of_improvement(x + 2, y) == 1.0
+
+
+def test_aggregate_metrics_equal_rliables():
+    metrics = pytest.importorskip("rliable.metrics")  # its bootstrap module needs arch
+    x, y = _two_methods(1)
+    assert stats.probability_of_improvement(x, y) == pytest.approx(
+        metrics.probability_of_improvement(x, y))
+    assert stats.optimality_gap(x) == pytest.approx(metrics.aggregate_optimality_gap(x))
+    assert stats.iqm(x) == pytest.approx(metrics.aggregate_iqm(x))
+
+
+def test_optimality_gap_and_performance_profile_by_hand():
+    scores = np.array([[0.2, 1.0, 0.5], [0.0, 0.9, 1.0]])
+    assert stats.optimality_gap(scores) == pytest.approx(1 - (0.2 + 1 + 0.5 + 0 + 0.9 + 1) / 6)
+    assert stats.optimality_gap(scores, gamma=0.5) == pytest.approx(0.5 - 2.2 / 6)
+    profile = stats.performance_profile(scores, [0.0, 0.5, 0.95, 1.0])
+    np.testing.assert_allclose(profile, [5 / 6, 3 / 6, 2 / 6, 0.0])
+
+
+def test_aggregate_bootstraps_resample_whole_runs():
+    """Each run's tasks move together: with every task of a run at the run's own level, a
+    resample of whole runs can only give profiles in multiples of 1/runs; a per-task
+    resample would give others. The intervals are the percentiles of that distribution,
+    computed here by an explicit loop with the documented draws."""
+    runs = np.repeat(np.array([[0.1], [0.4], [0.6], [0.8], [0.95]]), 4, axis=1)
+    values = stats.run_bootstrap(
+        lambda s: (s.reshape(s.shape[0], -1) > 0.5).mean(axis=1), runs, n_resamples=300)
+    assert np.allclose(values * 5, np.round(values * 5))
+    x, y = _two_methods(2)
+    rng = np.random.default_rng(9)
+    loop = []
+    for _ in range(RESAMPLES):
+        xi = rng.integers(0, 5, 5)
+        yi = rng.integers(0, 4, 4)
+        loop.append(stats.probability_of_improvement(x[xi], y[yi]))
+    interval = stats.probability_of_improvement_ci(x, y, n_resamples=RESAMPLES, seed=9)
+    # the same draws in another order (all of X's resamples first), so compare loosely
+    assert interval.low == pytest.approx(np.percentile(loop, 2.5), abs=0.03)
+    assert interval.high == pytest.approx(np.percentile(loop, 97.5), abs=0.03)
+    assert interval.low < interval.estimate < interval.high
+    gap = stats.optimality_gap_ci(x, n_resamples=RESAMPLES, seed=9)
+    rng = np.random.default_rng(9)
+    draws = rng.integers(0, 5, (RESAMPLES, 5))
+    by_loop = [stats.optimality_gap(x[d]) for d in draws]
+    assert (gap.low, gap.high) == pytest.approx(tuple(np.percentile(by_loop, [2.5, 97.5])))
+    profile = stats.performance_profile_ci(x, [0.3, 0.6], n_resamples=RESAMPLES, seed=9)
+    by_loop = np.array([stats.performance_profile(x[d], [0.3, 0.6]) for d in draws])
+    np.testing.assert_allclose(profile.low, np.percentile(by_loop, 2.5, axis=0))
+    np.testing.assert_allclose(profile.high, np.percentile(by_loop, 97.5, axis=0))
+    assert stats.probability_of_improvement_ci(x[:1], y).low is None
+    assert stats.performance_profile_ci(x[:1], [0.5]).low is None
+
+
+def test_probability_of_improvement_interval_covers_with_a_seed_effect():
+    """5 vs 5 runs, equal methods, a seed effect shared by all tasks: P(X > Y) = 0.5 lies in
+    the run-level interval in most of 100 simulated comparisons (a per-task resample would
+    miss it far more often)."""
+    rng = np.random.default_rng(4)
+    levels = np.linspace(0.2, 0.8, 10)
+    covered = 0
+    for trial in range(100):
+        x = levels + rng.normal(0, 0.1, (5, 1)) + rng.normal(0, 0.02, (5, 10))
+        y = levels + rng.normal(0, 0.1, (5, 1)) + rng.normal(0, 0.02, (5, 10))
+        interval = stats.probability_of_improvement_ci(x, y, n_resamples=300, seed=trial)
+        covered += interval.low <= 0.5 <= interval.high
+    assert covered >= 80

@@ -212,6 +212,63 @@ def test_table4_per_task_iqm_and_long_csv(tables):
         assert rows.loc[TASKS, "final_return"].tolist() == pytest.approx(run.returns.tolist())
 
 
+def _poi_by_loop(x, y):
+    """P(X > Y) by the definition: per task, every pair of seeds, ties one half."""
+    return np.mean([np.mean([(a > b) + 0.5 * (a == b) for a in x[:, t] for b in y[:, t]])
+                    for t in range(x.shape[1])])
+
+
+def test_aggregate_tables_every_number(tables):
+    """aggregates (optimality gap, performance profile) and poi (P(X > Y) vs the reference
+    and pairwise), recomputed from the runs with the documented draws: seeds of each side
+    drawn with replacement as whole runs, default_rng(--seed), X's draws first."""
+    runs, out = tables
+    success = scores(main_runs(runs, "socodt", "near-optimal"))[0]
+    entry = csv(out, "aggregates").set_index(["column", "row"]).loc[(NEAR, "socodt")]
+    assert entry["optimality_gap_pct"] == pytest.approx(100 * (1 - success.mean()))
+    draws = np.random.default_rng(0).integers(0, 5, size=(200, 5))
+    boot = [1 - success[d].mean() for d in draws]
+    assert entry["optimality_gap_ci_low_pct"] == pytest.approx(100 * np.percentile(boot, 2.5))
+    assert entry["optimality_gap_ci_high_pct"] == pytest.approx(
+        100 * np.percentile(boot, 97.5))
+    assert entry["above_50_pct"] == pytest.approx(100 * (success > 0.5).mean())
+    boot = [(success[d] > 0.75).mean() for d in draws]
+    assert entry["above_75_pct_ci_low"] == pytest.approx(100 * np.percentile(boot, 2.5))
+
+    poi = csv(out, "poi")
+    versus = poi[(poi["comparison"] == "vs reference") & (poi["column"] == NEAR)]
+    entry = versus.set_index("row").loc["socodt"]
+    reference = scores(main_runs(runs, entry["other"], "near-optimal"))[0]
+    assert entry["other"] == "harmodt-f"  # table1's reference (harmodt-m ties it)
+    assert entry["p_improvement"] == pytest.approx(_poi_by_loop(success, reference))
+    rng = np.random.default_rng(0)
+    dx, dy = rng.integers(0, 5, (200, 5)), rng.integers(0, 5, (200, 5))
+    boot = [_poi_by_loop(success[a], reference[b]) for a, b in zip(dx, dy)]
+    assert entry["p_improvement_ci_low"] == pytest.approx(np.percentile(boot, 2.5))
+    assert entry["p_improvement_ci_high"] == pytest.approx(np.percentile(boot, 97.5))
+    assert entry["interval_excludes_half"]  # socodt is far above harmodt-f here
+    assert np.isnan(versus.set_index("row").loc["mtdt", "p_improvement_ci_low"])  # one seed
+    pairs = poi[(poi["comparison"] == "pairwise") & (poi["column"] == NEAR)]
+    assert set(pairs["row"]) == {"promptdt", "mtdt", "harmodt-f", "harmodt-m", "socodt"}
+    one = pairs.set_index(["row", "other"]).loc[("promptdt", "socodt")]
+    assert one["p_improvement"] == pytest.approx(_poi_by_loop(
+        scores(main_runs(runs, "promptdt", "near-optimal"))[0], success))
+    text = (out / "poi.md").read_text()
+    assert "P(row > harmodt-f)" in text and "### P(row > column), MT5 near-optimal [1]" in text
+
+
+def test_pairwise_rows_are_chosen_with_an_option(tables, tmp_path):
+    runs, out = tables
+    target = tmp_path / "t"
+    assert main(["table", "--runs", str(out.parent / "runs"), "--out", str(target),
+                 "--resamples", RESAMPLES, "--pairwise", "socodt", "promptdt"]) == 0
+    pairs = csv(target, "poi")
+    pairs = pairs[pairs["comparison"] == "pairwise"]
+    assert set(pairs["row"]) == {"socodt", "promptdt"} == set(pairs["other"])
+    assert main(["table", "--runs", str(out.parent / "runs"), "--out", str(target),
+                 "--pairwise", "nonesuch"]) == 2
+
+
 def test_mask_dynamics_table(tables):
     runs, out = tables
     frame = csv(out, "mask_dynamics").set_index(["column", "row"])

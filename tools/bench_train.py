@@ -8,7 +8,9 @@ Prints, for N tasks and a model preset on the current device, in one run:
   8, masked weights swapped in and out, float32, loss read back every iteration);
 * their ratio, the time of one HarmoDT mask update (at k = k_max) and peak memory;
 * sequences/s of the gradient-surgery methods (PCGrad, CAGrad: per-task gradients of every
-  parameter each step) and the memory those gradients take (N x all parameters, float32).
+  parameter each step) and the memory those gradients take (N x all parameters, float32);
+  with ``--aggregators`` also every torchjd aggregator method (methods/aggregators.py: the
+  same per-task gradients, then their aggregator), each as a multiple of PCGrad's step time.
 
 Data are synthetic episodes of the real shapes (39-dim states, 4-dim actions, 500 steps):
 throughput does not depend on their values. Goals on one H100 with ``--preset paper
@@ -203,6 +205,16 @@ def profile_steps(datasets, method: str, args, steps: int) -> str:
     return prof.key_averages().table(sort_by=key, row_limit=15, max_name_column_width=50)
 
 
+def aggregator_methods() -> list[str]:
+    """The registered torchjd aggregator methods, in registration order."""
+    from mtrl_bench.methods.aggregators import TorchJDAggregator
+
+    from mtrl_bench.method import registered_methods
+
+    return [name for name, cls in registered_methods().items()
+            if issubclass(cls, TorchJDAggregator)]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=("paper", "small", "tiny"), default="paper")
@@ -214,6 +226,9 @@ def main(argv=None) -> int:
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS),
                         help=f"batched methods to time (default: {' '.join(DEFAULT_METHODS)})")
+    parser.add_argument("--aggregators", action="store_true",
+                        help="also time PCGrad and every torchjd aggregator method "
+                             "(methods/aggregators.py), each compared with PCGrad")
     parser.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
                         help="also time the HarmoDT-shaped reference loop (default on)")
     parser.add_argument("--steps", type=int, default=100, help="timed batched steps")
@@ -229,6 +244,8 @@ def main(argv=None) -> int:
                         help="also write the figures here (rewritten after every method, so "
                              "a run stopped midway keeps what it measured)")
     args = parser.parse_args(argv)
+    if args.aggregators:
+        args.methods = list(dict.fromkeys([*args.methods, "pcgrad", *aggregator_methods()]))
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -284,6 +301,8 @@ def print_table(report: dict, args) -> None:
             detail += f" ({result['updates_in_window']} mask updates timed)"
         if "promptdt" in methods and method != "promptdt":
             detail += f", {result['step_ms'] / methods['promptdt']['step_ms']:.2f}x no masks"
+        if "pcgrad" in methods and method in aggregator_methods():
+            detail += f", {result['step_ms'] / methods['pcgrad']['step_ms']:.2f}x PCGrad"
         rows.append((method, result["sequences_per_s"], detail, result["peak_mib"]))
     if reference:
         rows.append(("reference loop (fp32)", reference["sequences_per_s"],
@@ -302,7 +321,8 @@ def print_table(report: dict, args) -> None:
             print(f"{method} mask update (k = k_max / t = T/2, {args.tasks} x "
                   f"{result['num_maskable']:,} entries): {result['mask_update_ms']:.1f} ms; "
                   f"with one every {interval} steps, {100 * share:.1f}% of training time")
-    print(f"per-task gradients (PCGrad, CAGrad): {args.tasks} x {report['parameters']:,} "
+    print(f"per-task gradients (PCGrad, CAGrad, torchjd aggregators): {args.tasks} x "
+          f"{report['parameters']:,} "
           f"parameters x 4 bytes = {args.tasks * report['parameters'] * 4 / 2**20:,.0f} MiB a step")
     if report["device"].startswith("CPU"):
         print("(CPU peak memory is the process's peak resident set, cumulative over the run)")

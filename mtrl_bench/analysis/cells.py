@@ -13,6 +13,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from mtrl_bench.identity import cell_id, differences, format_value, protocol_id, variant_id
 from mtrl_bench.io import read_json
 from mtrl_bench.provenance import numerics_summary
@@ -188,14 +190,42 @@ def _role(run: RunRecord) -> dict:
     return {"role": "proposed", "ablation_of": None, "components": None, **(run.role or {})}
 
 
-def group_cells(runs: list[RunRecord]) -> tuple[list[Cell], list[tuple[RunRecord, str]]]:
-    """Finished runs grouped by identity into cells, and the runs left out with why.
+def run_scores(run: RunRecord, metric: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(tasks, success rates, returns) of a finished run for ``metric`` (final or best) from
+    its final.json; ValueError, KeyError or TypeError when they are unusable."""
+    results = run.results
+    tasks = [str(t) for t in results["tasks"]]
+    block = results[metric]
+    success = np.array([float(block["success"][t]) for t in tasks])
+    returns = np.array([float(block["return"][t]) for t in tasks])
+    if not (np.all(np.isfinite(success)) and np.all((success >= 0) & (success <= 1))):
+        raise ValueError("success rates outside [0, 1]")
+    if not np.all(np.isfinite(returns)):
+        raise ValueError("non-finite returns")
+    return tasks, success, returns
 
-    Every table and figure uses this grouping: a cell never averages runs that differ in any
-    resolved setting. Columns (suite x quality x protocol) and rows (method x its own
-    parameters) get labels that name what sets them apart: of several protocols of one
-    suite, the one with the most runs is [1]; a row is the method's name only for the
-    variant its defaults make (see :func:`_row_labels`).
+
+def unusable_reason(run: RunRecord, metric: str) -> str | None:
+    """Why ``run``'s ``metric`` scores cannot be used; None when they can."""
+    try:
+        run_scores(run, metric)
+    except (KeyError, TypeError, ValueError) as err:
+        return f"final.json has no usable {metric!r} scores ({err})"
+    return None
+
+
+def group_cells(runs: list[RunRecord], metric: str = "final",
+                ) -> tuple[list[Cell], list[tuple[RunRecord, str]]]:
+    """Finished runs with usable ``metric`` scores grouped by identity into cells, and the
+    runs left out with why.
+
+    This is the one selection of runs: every table, the tidy CSV and every figure use it, so
+    a run left out of one (unfinished, no identity, scores that cannot be used such as a
+    success rate of 1.2, other tasks than its cell's) is left out of all and listed by each.
+    A cell never averages runs that differ in any resolved setting. Columns (suite x quality
+    x protocol) and rows (method x its own parameters) get labels that name what sets them
+    apart: of several protocols of one suite, the one with the most runs is [1]; a row is
+    the method's name only for the variant its defaults make (see :func:`_row_labels`).
     """
     left_out = []
     usable: list[RunRecord] = []
@@ -205,6 +235,8 @@ def group_cells(runs: list[RunRecord]) -> tuple[list[Cell], list[tuple[RunRecord
         elif not run.identity:
             left_out.append((run, "meta.json records no run identity (made by an older "
                                   "mtrl-bench); rerun it"))
+        elif (reason := unusable_reason(run, metric)) is not None:
+            left_out.append((run, reason))
         else:
             usable.append(run)
     by_cell: dict[str, list[RunRecord]] = {}
@@ -244,6 +276,10 @@ def group_cells(runs: list[RunRecord]) -> tuple[list[Cell], list[tuple[RunRecord
     cells = []
     for members in by_cell.values():
         members.sort(key=lambda r: r.seed or 0)
+        tasks = sorted(members[0].results["tasks"])
+        for run in [r for r in members if sorted(r.results["tasks"]) != tasks]:
+            left_out.append((run, "final.json lists other tasks than its cell's runs"))
+            members.remove(run)
         first = members[0]
         cells.append(Cell(columns[protocol_id(first.identity)],
                           rows[(first.method, variant_id(first.identity))],

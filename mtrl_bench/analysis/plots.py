@@ -14,6 +14,10 @@ quality x protocol) it writes PNGs into the output folder:
 - conflict_scores_*: per row, the conflict-score histogram (all tasks and seeds pooled) at
   a few points of training, in score units on a symmetric log axis, the median over tasks
   of the conflict threshold marked;
+- aggregate_metrics_*: rliable's aggregate metrics of the final success, each with a 95%
+  bootstrap over whole runs: performance profiles (share of (seed, task) success rates above
+  τ, with bands), optimality gap, and P(row > the column's reference) (the reference of
+  table1);
 - sensitivity_*: where cells of one method and suite differ in exactly one setting (a
   ``sweep --grid``), success against that setting's value, mean and 95% t-interval over
   seeds (the paper's Fig. 5).
@@ -287,6 +291,71 @@ def conflict_scores(series: Series, title: str, snapshots: int = 4):
     return fig
 
 
+#: thresholds at which the performance profiles are drawn (success rates)
+PROFILE_TAUS = np.linspace(0.0, 1.0, 51)
+
+
+def aggregate_metrics(series: Series, title: str):
+    """rliable's aggregate metrics of the column's final success, one panel each: the
+    performance profile (share of (seed, task) success rates above τ, bootstrap band), the
+    optimality gap and P(row > the column's reference), each with its 95% interval; every
+    interval a bootstrap over whole runs (the tables' aggregates and poi)."""
+    from mtrl_bench.analysis.tables import Grid, TableOptions, cell_scores, reference_rows
+
+    scores, _ = cell_scores([cell for cell, _ in series], "final")
+    if not scores:
+        return None
+    grid = Grid(scores)
+    column = grid.columns[0]
+    rows = [r for r in grid.rows if grid.get(r, column)]
+    reference = reference_rows(grid, [r for r in rows if r.role != "ablation"],
+                               TableOptions()).get(column)
+    fig, axes = _new_figure(3, width=5.0, height=max(3.6, 0.28 * len(rows) + 1.2))
+    labels = []
+    for index, row in enumerate(rows):
+        success = grid.get(row, column).success
+        n = success.shape[0]
+        labels.append(f"{row.label} (n={n})")
+        profile = stats.performance_profile_ci(success, PROFILE_TAUS)
+        line, = axes[0].plot(100 * PROFILE_TAUS, 100 * profile.fraction, label=labels[-1])
+        if profile.low is not None:
+            axes[0].fill_between(100 * PROFILE_TAUS, 100 * profile.low, 100 * profile.high,
+                                 color=line.get_color(), alpha=0.15, linewidth=0)
+        gap = stats.optimality_gap_ci(success)
+        _interval_point(axes[1], index, gap, line.get_color())
+        if row == reference:
+            axes[2].annotate("reference", (0.5, index), ha="center", va="center", fontsize=7)
+        elif reference is not None:
+            poi = stats.probability_of_improvement_ci(
+                success, grid.get(reference, column).success)
+            _interval_point(axes[2], index, poi, line.get_color(), scale=1.0)
+    axes[0].set(xlabel="success rate threshold τ (%)",
+                ylabel="(seed, task) success rates > τ (%)", ylim=(-2, 102),
+                title=f"{title}: performance profiles")
+    axes[0].legend(fontsize=6)
+    axes[1].set(xlabel="optimality gap (pp, lower is better)", title="optimality gap")
+    axes[2].set(xlabel=f"P(row > {reference.label})" if reference else "P(row > reference)",
+                title="probability of improvement" + ("" if reference else " (no reference)"))
+    axes[2].axvline(0.5, color="gray", linestyle="--", linewidth=1)
+    for ax in axes[1:]:
+        ax.set_yticks(range(len(rows)), labels, fontsize=7)
+        ax.invert_yaxis()
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{title}: final success; bands and bars: 95% bootstrap over whole runs")
+    return fig
+
+
+def _interval_point(ax, y: int, interval: stats.Interval, color, scale: float = 100.0):
+    """One row's estimate as a dot with its interval as a horizontal bar (none if n/a)."""
+    x = scale * interval.estimate
+    if interval.low is None:
+        ax.plot([x], [y], marker="o", color=color, linestyle="none")
+        return
+    ax.errorbar([x], [y], xerr=[[x - scale * interval.low], [scale * interval.high - x]],
+                marker="o", color=color, capsize=3)
+
+
 def _numeric(values: list) -> bool:
     return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
 
@@ -373,6 +442,7 @@ FIGURES = (
     ("mask_sparsity", mask_sparsity, "no mask records"),
     ("beta_schedule", beta_schedule, "no mask records with beta"),
     ("conflict_scores", conflict_scores, "no mask records with conflict_hist"),
+    ("aggregate_metrics", aggregate_metrics, "no usable final scores"),
 )
 
 

@@ -4,10 +4,11 @@ Every function takes scores as arrays of shape (runs, tasks): one row per seed, 
 per task of the suite, values are success rates (or returns). The unit of replication is the
 run: one seed is ONE model trained on every task, so whatever luck a seed has moves all of
 its tasks together. Per-run means feed the Welch and Mann-Whitney tests and the Welch
-t-intervals; the IQM's bootstrap resamples whole runs. (rliable's stratified bootstrap,
-which resamples each task's seeds independently, suits Atari, where every game is its own
-run; here it would average the seed effect away and give intervals several times too
-narrow.)
+t-intervals; the bootstraps of the IQM and of rliable's aggregate metrics (probability of
+improvement, performance profiles, optimality gap) resample whole runs. (rliable's
+stratified bootstrap, which resamples each task's seeds independently, suits Atari, where
+every game is its own run; here it would average the seed effect away and give intervals
+several times too narrow.)
 
 Quantities that need two or more seeds (std, p-values, intervals) are returned as None with
 one seed, so a table can say "n/a (n=1)" instead of printing a misleading 0 or NaN.
@@ -160,6 +161,111 @@ def iqm_ci(
     tail = 100 * (1 - confidence) / 2
     low, high = np.percentile(values, [tail, 100 - tail])
     return Interval(estimate, float(low), float(high))
+
+
+# ------------------------------------------------------------ rliable's aggregate metrics
+# (Agarwal et al., "Deep Reinforcement Learning at the Edge of the Statistical Precipice",
+# NeurIPS 2021), with whole runs as the unit of every bootstrap.
+
+
+def run_bootstrap(statistic, *samples, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
+                  ) -> np.ndarray:
+    """``statistic`` of ``n_resamples`` resamples of whole runs: each (runs, tasks) sample is
+    resampled on its own, runs drawn with replacement and every task of a drawn run kept
+    (never a task's runs independently of the others). ``statistic`` takes the resampled
+    arrays with a leading resample axis, (n_resamples, runs, tasks) each, and returns one
+    value per resample (or an array per resample)."""
+    rng = np.random.default_rng(seed)
+    resampled = []
+    for sample in samples:
+        sample = _as_scores(sample)
+        draws = rng.integers(0, sample.shape[0], size=(n_resamples, sample.shape[0]))
+        resampled.append(sample[draws])
+    return np.asarray(statistic(*resampled))
+
+
+def _percentile_interval(estimate: float, values: np.ndarray, confidence: float) -> Interval:
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return Interval(estimate, float(low), float(high))
+
+
+def probability_of_improvement(x, y) -> float:
+    """P(X > Y): per task, the probability that a run of X scores above a run of Y (ties
+    count one half: the Mann-Whitney U statistic over n_x·n_y), averaged over tasks (rliable's
+    definition). Both (runs, tasks), same task columns."""
+    return float(_poi(_as_scores(x)[None], _as_scores(y)[None])[0])
+
+
+def _poi(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """P(X > Y) per resample of (resamples, runs, tasks) arrays."""
+    if x.shape[2] != y.shape[2]:
+        raise ValueError(f"task counts differ: {x.shape[2]} vs {y.shape[2]}")
+    greater = (x[:, :, None, :] > y[:, None, :, :]).mean(axis=(1, 2))
+    equal = (x[:, :, None, :] == y[:, None, :, :]).mean(axis=(1, 2))
+    return (greater + 0.5 * equal).mean(axis=1)
+
+
+def probability_of_improvement_ci(x, y, *, n_resamples: int = DEFAULT_RESAMPLES,
+                                  confidence: float = DEFAULT_CONFIDENCE,
+                                  seed: int = 0) -> Interval:
+    """P(X > Y) with a percentile bootstrap resampling the runs of X and of Y (whole runs);
+    undefined (None) with fewer than 2 runs on a side."""
+    x, y = _as_scores(x), _as_scores(y)
+    estimate = probability_of_improvement(x, y)
+    if x.shape[0] < 2 or y.shape[0] < 2:
+        return Interval(estimate, None, None)
+    values = run_bootstrap(_poi, x, y, n_resamples=n_resamples, seed=seed)
+    return _percentile_interval(estimate, values, confidence)
+
+
+def optimality_gap(scores, gamma: float = 1.0) -> float:
+    """How far the (run, task) scores fall short of ``gamma`` on average: gamma − mean of
+    min(score, gamma) (rliable's; lower is better, 0 = every task solved in every run)."""
+    return float(gamma - np.minimum(_as_scores(scores), gamma).mean())
+
+
+def optimality_gap_ci(scores, gamma: float = 1.0, *, n_resamples: int = DEFAULT_RESAMPLES,
+                      confidence: float = DEFAULT_CONFIDENCE, seed: int = 0) -> Interval:
+    """Optimality gap with a percentile bootstrap over whole runs (None below 2 runs)."""
+    scores = _as_scores(scores)
+    estimate = optimality_gap(scores, gamma)
+    if scores.shape[0] < 2:
+        return Interval(estimate, None, None)
+    values = run_bootstrap(lambda s: gamma - np.minimum(s, gamma).mean(axis=(1, 2)), scores,
+                           n_resamples=n_resamples, seed=seed)
+    return _percentile_interval(estimate, values, confidence)
+
+
+def performance_profile(scores, taus) -> np.ndarray:
+    """Per τ, the fraction of all (run, task) scores above τ (rliable's run-score
+    distribution)."""
+    flat = _as_scores(scores).ravel()
+    return (flat[None, :] > np.asarray(taus, dtype=np.float64)[:, None]).mean(axis=1)
+
+
+@dataclass(frozen=True)
+class Profile:
+    taus: np.ndarray
+    fraction: np.ndarray  # per τ, the fraction of (run, task) scores above it
+    low: np.ndarray | None  # per τ, the band (None below 2 runs)
+    high: np.ndarray | None
+
+
+def performance_profile_ci(scores, taus, *, n_resamples: int = DEFAULT_RESAMPLES,
+                           confidence: float = DEFAULT_CONFIDENCE, seed: int = 0) -> Profile:
+    """The performance profile with a pointwise percentile band from a bootstrap over whole
+    runs."""
+    scores, taus = _as_scores(scores), np.asarray(taus, dtype=np.float64)
+    fraction = performance_profile(scores, taus)
+    if scores.shape[0] < 2:
+        return Profile(taus, fraction, None, None)
+    values = run_bootstrap(
+        lambda s: (s.reshape(s.shape[0], 1, -1) > taus[None, :, None]).mean(axis=2), scores,
+        n_resamples=n_resamples, seed=seed)  # (resamples, taus)
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.percentile(values, [tail, 100 - tail], axis=0)
+    return Profile(taus, fraction, low, high)
 
 
 def fdr_adjust(pvalues: list[float | None]) -> list[float | None]:

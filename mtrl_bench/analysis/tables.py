@@ -13,6 +13,9 @@ folder as Markdown, CSV and LaTeX:
 - table4: each proposed method and its registered ablations: success and return.
 - per_task: success per task per row, one section per column.
 - iqm: interquartile mean over (seed, task) scores with a bootstrap over whole runs.
+- aggregates: rliable's optimality gap and points of the performance profile; poi: the
+  probability of improvement over the reference and pairwise; each with a bootstrap over
+  whole runs.
 - mask_dynamics: per masked row, final sparsity, mean soft value and entries conflicted /
   recovered per update, from metrics.jsonl.
 - runs_long.csv: one row per run x task (final and best), every run the tables use.
@@ -40,7 +43,9 @@ from mtrl_bench.analysis.cells import (
     group_cells,
     numerics_notes,
     row_key,
+    run_scores,
     scan_runs,
+    unusable_reason,
 )
 from mtrl_bench.analysis.render import (
     MISSING,
@@ -89,35 +94,21 @@ class CellScores:
         return self.cell.column
 
 
-def _run_scores(run: RunRecord, metric: str) -> tuple[list[str], np.ndarray, np.ndarray]:
-    results = run.results
-    tasks = [str(t) for t in results["tasks"]]
-    block = results[metric]
-    success = np.array([float(block["success"][t]) for t in tasks])
-    returns = np.array([float(block["return"][t]) for t in tasks])
-    if not (np.all(np.isfinite(success)) and np.all((success >= 0) & (success <= 1))):
-        raise ValueError("success rates outside [0, 1]")
-    if not np.all(np.isfinite(returns)):
-        raise ValueError("non-finite returns")
-    return tasks, success, returns
-
-
 def cell_scores(cells: list[Cell], metric: str):
-    """(scores of every cell with usable runs, [(run, why it was left out)])."""
+    """(scores of every cell with usable runs, [(run, why it was left out)]). The cells come
+    from :func:`group_cells`, which already left out runs unusable for the headline metric;
+    ``metric`` "best" (table1_best) may leave out more."""
     out, left_out = [], []
     for cell in cells:
         tasks, seeds, success, returns = None, [], [], []
         for run in cell.runs:
-            try:
-                run_tasks, s, r = _run_scores(run, metric)
-            except (KeyError, TypeError, ValueError) as err:
-                left_out.append((run, f"final.json has no usable {metric!r} scores ({err})"))
+            reason = unusable_reason(run, metric)
+            if reason is not None:
+                left_out.append((run, reason))
                 continue
+            run_tasks, s, r = run_scores(run, metric)
             if tasks is None:
                 tasks = run_tasks
-            if sorted(run_tasks) != sorted(tasks):
-                left_out.append((run, "final.json lists other tasks than its cell's runs"))
-                continue
             order = [run_tasks.index(t) for t in tasks]
             seeds.append(run.seed)
             success.append(s[order])
@@ -156,6 +147,8 @@ class TableOptions:
     n_resamples: int = stats.DEFAULT_RESAMPLES
     seed: int = 0
     paper_reference: Path | None = None  # the paper's numbers (default: the repository's)
+    pairwise: tuple[str, ...] | None = None  # rows of the pairwise P(X > Y) tables; None:
+    # every method's main variant that is not an ablation
 
     def __post_init__(self):
         if self.metric not in METRIC_LABELS:
@@ -522,6 +515,163 @@ def iqm_table(grid: Grid, options: TableOptions):
         csv_rows
 
 
+# ---------------------------------------------------------------------------- aggregates
+
+#: thresholds of the performance-profile columns (success rates; the figure draws them all)
+PROFILE_TAUS = (0.25, 0.5, 0.75)
+
+
+def aggregates_table(grid: Grid, options: TableOptions):
+    """rliable's optimality gap and points of the performance profile per row x column, each
+    with a percentile bootstrap over whole runs."""
+    columns = [("", "Method")]
+    for column in grid.columns:
+        columns += [(column.label, "optimality gap (pp)")]
+        columns += [(column.label, f"runs × tasks > {round(100 * t)}% (%)")
+                    for t in PROFILE_TAUS]
+    body, csv_rows = [], []
+    gaps = {key: stats.optimality_gap_ci(s.success, n_resamples=options.n_resamples,
+                                         seed=options.seed) for key, s in grid.at.items()}
+    for row in grid.rows:
+        line = [row.label]
+        for column in grid.columns:
+            record = _base_record(row, column, options)
+            scores = grid.get(row, column)
+            if scores is None:
+                line += [Entry(MISSING)] * (1 + len(PROFILE_TAUS))
+                csv_rows.append({**record, "status": "missing", "n": 0})
+                continue
+            n = scores.success.shape[0]
+            gap = gaps[(row, column)]
+            lowest = {r for r in grid.rows if (r, column) in gaps
+                      and math.isclose(gaps[(r, column)].estimate,
+                                       min(g.estimate for (_, c), g in gaps.items()
+                                           if c == column), abs_tol=1e-9)}
+            line.append(Entry(f"{pct(gap.estimate)} {interval_text(gap.low, gap.high)}",
+                              bold=row in lowest, n=n))
+            profile = stats.performance_profile_ci(scores.success, PROFILE_TAUS,
+                                                   n_resamples=options.n_resamples,
+                                                   seed=options.seed)
+            record.update({"cell": scores.cell.id, "status": "finished", "n": n,
+                           "optimality_gap_pct": 100 * gap.estimate,
+                           "optimality_gap_ci_low_pct": nan_if_none(gap.low, 100),
+                           "optimality_gap_ci_high_pct": nan_if_none(gap.high, 100)})
+            for index, tau in enumerate(PROFILE_TAUS):
+                low = None if profile.low is None else profile.low[index]
+                high = None if profile.high is None else profile.high[index]
+                line.append(Entry(f"{pct(profile.fraction[index])} {interval_text(low, high)}"))
+                key = f"above_{round(100 * tau)}_pct"
+                record.update({key: 100 * profile.fraction[index],
+                               f"{key}_ci_low": nan_if_none(low, 100),
+                               f"{key}_ci_high": nan_if_none(high, 100)})
+            csv_rows.append(record)
+        body.append(line)
+    notes = [
+        f"Success at the {options.label}. Optimality gap = 100% − the mean over all (seed, "
+        "task) success rates (capped at 100%, so here 100 − their mean), in percentage "
+        "points: lower is better; bold = lowest in the column.",
+        "runs × tasks > τ = the share of all (seed, task) success rates above τ: points of "
+        "the performance profile (the figure performance_profiles_* draws the whole curve).",
+        f"Intervals: 95% percentile bootstrap over whole runs (each resample draws seeds "
+        f"with replacement and keeps all their tasks; {options.n_resamples} resamples, seed "
+        f"{options.seed}); n/a below 2 seeds; narrower than nominal with few seeds. — = no "
+        "finished run.",
+    ]
+    return [Table("aggregates", f"Optimality gap and performance profile, {options.label}",
+                  columns, body, notes)], csv_rows
+
+
+def _poi_entry(x: np.ndarray, y: np.ndarray, options: TableOptions) -> tuple[Entry, dict]:
+    interval = stats.probability_of_improvement_ci(x, y, n_resamples=options.n_resamples,
+                                                   seed=options.seed)
+    text = f"{number(interval.estimate)} {interval_text(interval.low, interval.high, 1.0)}"
+    above = interval.low is not None and (interval.low > 0.5 or interval.high < 0.5)
+    return Entry(text, bold=above), {
+        "p_improvement": interval.estimate,
+        "p_improvement_ci_low": nan_if_none(interval.low),
+        "p_improvement_ci_high": nan_if_none(interval.high),
+        "interval_excludes_half": above, "n_x": x.shape[0], "n_y": y.shape[0]}
+
+
+def pairwise_rows(grid: Grid, options: TableOptions) -> list[Row]:
+    """The rows compared pairwise: ``options.pairwise`` (methods or row labels) or every
+    method's main variant that is not an ablation."""
+    if options.pairwise is not None:
+        return [r for r in grid.rows if r.label in options.pairwise
+                or (r.method in options.pairwise and r.label == r.method)]
+    return [r for r in grid.rows if r.role != "ablation" and r.label == r.method]
+
+
+def poi_table(grid: Grid, options: TableOptions):
+    """P(row > the column's reference) for every row, then per column P(X > Y) for every
+    pair of the chosen rows; run-level bootstrap intervals."""
+    fixed = grid.fixed_suites()
+    references = reference_rows(fixed, [r for r in fixed.rows if r.role != "ablation"],
+                                options)
+    columns = [("", "Method")] + [
+        ("", f"{c.label}: P(row > {references[c].label})" if c in references
+         else f"{c.label} (no reference)") for c in fixed.columns]
+    body, csv_rows = [], []
+    for row in fixed.rows:
+        line = [row.label]
+        for column in fixed.columns:
+            scores, reference = fixed.get(row, column), references.get(column)
+            record = {**_base_record(row, column, options), "comparison": "vs reference",
+                      "other": reference.label if reference else None}
+            if scores is None or reference is None:
+                line.append(Entry(MISSING))
+                continue
+            if row == reference:
+                line.append(Entry("reference"))
+                continue
+            entry, values = _poi_entry(scores.success, fixed.get(reference, column).success,
+                                       options)
+            line.append(entry)
+            csv_rows.append({**record, **values})
+        body.append(line)
+    how = ("the row given with --reference" if options.reference else
+           "the reference of table1: the baseline with the highest mean among those with at "
+           "least 2 seeds")
+    notes = [
+        f"P(row > reference) at the {options.label}: per task, the probability that a seed "
+        "of the row scores above a seed of the reference (ties count one half), averaged "
+        "over tasks (rliable's probability of improvement); 0.5 = no difference.",
+        f"[low, high]: 95% percentile bootstrap resampling the seeds of each side as whole "
+        f"runs ({options.n_resamples} resamples, seed {options.seed}); n/a below 2 seeds a "
+        "side; bold = the interval excludes 0.5. Not adjusted for multiple comparisons and "
+        "narrower than nominal with few seeds: table1's Welch test is the primary one.",
+        f"Reference per column: {how}.",
+    ]
+    tables = [Table("poi", f"Probability of improvement over the reference, {options.label}",
+                    columns, body, notes)]
+    chosen = pairwise_rows(fixed, options)
+    for column in fixed.columns:
+        present = [r for r in chosen if fixed.get(r, column)]
+        if len(present) < 2:
+            continue
+        rows = []
+        for x in present:
+            line = [x.label]
+            for y in present:
+                if x == y:
+                    line.append(Entry(MISSING))
+                    continue
+                entry, values = _poi_entry(fixed.get(x, column).success,
+                                           fixed.get(y, column).success, options)
+                line.append(entry)
+                csv_rows.append({**_base_record(x, column, options), "comparison": "pairwise",
+                                 "other": y.label, **values})
+            rows.append(line)
+        tables.append(Table(
+            "poi_pairwise", f"P(row > column), {column.label}, {options.label}",
+            [("", "P(row > column)")] + [("", r.label) for r in present], rows,
+            ["P(X > Y) of the row X over the column Y with its 95% run-level bootstrap "
+             "interval, as in the table above; bold = the interval excludes 0.5. Rows: "
+             + ("those given with --pairwise." if options.pairwise is not None else
+                "every method's main variant except ablations (--pairwise chooses).")]))
+    return tables, csv_rows
+
+
 # ---------------------------------------------------------------------------- mask dynamics
 
 
@@ -692,7 +842,8 @@ def finished_runs_or_error(runs_dir: Path) -> list[RunRecord]:
 
 def _check_names(options: TableOptions, cells: list[Cell]) -> None:
     labels = {c.row.label for c in cells} | {c.row.method for c in cells}
-    names = [*(options.baselines or ()), *([options.reference] if options.reference else [])]
+    names = [*(options.baselines or ()), *([options.reference] if options.reference else []),
+             *(options.pairwise or ())]
     unknown = [name for name in names if name not in labels]
     if unknown:
         raise UserError(f"unknown method or row {unknown[0]!r}; rows with finished runs: "
@@ -706,7 +857,7 @@ def build_tables(runs_dir: Path, out: Path, options: TableOptions) -> tuple[str,
     table1_best, so both numbers exist and are never confused.
     """
     runs = finished_runs_or_error(runs_dir)
-    cells, left_out = group_cells(runs)
+    cells, left_out = group_cells(runs, options.metric)  # the one selection of runs
     _check_names(options, cells)
     _prepare_out(out)
     suffix = "" if options.metric == "final" else f"_{options.metric}"
@@ -716,7 +867,7 @@ def build_tables(runs_dir: Path, out: Path, options: TableOptions) -> tuple[str,
     builders = [("table1", table1),
                 ("table2", lambda grid, o: paper.table2(grid, o, reference or [])),
                 ("table3", paper.table3), ("table4", table4), ("per_task", per_task_table),
-                ("iqm", iqm_table)]
+                ("iqm", iqm_table), ("aggregates", aggregates_table), ("poi", poi_table)]
     if reference:
         builders.append(("paper", lambda grid, o: paper.paper_comparison(grid, o, reference)))
     else:
