@@ -102,8 +102,15 @@ def write(root: Path, run: FakeRun) -> None:
         final = eval_record(total, FINAL_GOALS, run.success, run.returns, run.tasks)
         best = eval_record(total // 2, EVAL_GOALS, np.minimum(run.success + 0.1, 1.0),
                            run.returns + 100, run.tasks)
+        masked = {"masks": movement(run)} if run.method.startswith(("socodt", "harmodt")) else {}
         (run.path / "final.json").write_text(json.dumps(
-            {"tasks": run.tasks, "final": final, "best": {**best, "label": "best"}}))
+            {"tasks": run.tasks, "final": final, "best": {**best, "label": "best"}, **masked}))
+
+
+def movement(run: FakeRun) -> dict:
+    """final.json "masks" of a masked run: how far each task's mask moved, task overlap."""
+    return {"moved": [0.001 * (run.seed + 1) * (i + 1) for i in range(len(run.tasks))],
+            "overlap": 0.6 + 0.01 * run.seed}
 
 
 # method -> per quality: (level, seeds); harmodt-m is an exact copy of harmodt-f (a tie)

@@ -68,12 +68,16 @@ def test_end_to_end_run_writes_a_complete_run_directory(dirs, capsys):
     assert final["final"]["step"] == 20 and final["final"]["num_goals"] == 3
     assert set(final["final"]["success"]) == set(final["tasks"]) and len(final["tasks"]) == 2
     assert "best over evaluations" in final["best"]["label"]
+    movement = final["masks"]  # how far the masks moved from their start, task overlap
+    assert len(movement["moved"]) == 2 and all(0 <= m < 1 for m in movement["moved"])
+    assert 0 < movement["overlap"] <= 1
     meta = json.loads((path / "meta.json").read_text())
     assert meta["status"] == "finished" and meta["wall_time_s"] > 0 and meta["versions"]["torch"]
     numerics = meta["numerics"]  # what decides its floating-point results besides the code
     assert numerics["torch_threads"] == 1 and numerics["device"] == "cpu"
     assert numerics["cpu_capability"] and numerics["cpu_model"] and len(numerics["key"]) == 10
     assert meta["cell"] == path.parent.name
+    assert set(meta["streams"]) == {"initial_weights", "batch_stream", "initial_masks"}
     assert meta["identity"]["method"]["alpha"] == 20.0  # code defaults are recorded too
     assert meta["identity"]["protocol"]["trainer.total_steps"] == 20
     assert meta["arguments"]["Trainer"]["learning_rate"] == 1e-4

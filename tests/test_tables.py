@@ -11,8 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats as sps
-from synthetic_runs import ENTRIES, TASKS, build, main_runs, scores
+from synthetic_runs import ENTRIES, TASKS, build, main_runs, movement, scores
 
+from mtrl_bench.analysis import stats
 from mtrl_bench.analysis.render import MINUS
 from mtrl_bench.cli import main
 
@@ -289,6 +290,11 @@ def test_mask_dynamics_table(tables):
     assert row["mean_conflicted_per_update"] == pytest.approx(conflicted.mean())
     assert row["mean_recovered_share"] == pytest.approx(recovered.mean() / ENTRIES)
     assert row["mean_final_mean_soft_value"] == pytest.approx(soft.mean())  # soft entries only
+    moved = [np.mean(movement(run)["moved"]) for run in members]  # from final.json
+    assert row["mean_moved"] == pytest.approx(np.mean(moved))
+    assert row["std_moved"] == pytest.approx(np.std(moved, ddof=1))
+    assert row["mean_overlap"] == pytest.approx(np.mean([movement(r)["overlap"]
+                                                          for r in members]))
 
 
 def test_latex_is_valid(tables, tmp_path):
@@ -429,3 +435,46 @@ def test_table1_says_which_numerics_made_the_runs_and_which_cells_mix_them(tmp_p
     assert ("Cells mixing runs made under different numerics: harmodt-f in MT5 near-optimal "
             "(aaaaaaaaaa x1, bbbbbbbbbb x1, unrecorded x1)." in markdown)
     assert "promptdt in MT5" not in markdown.split("Cells mixing")[1]
+
+
+def test_comparisons_pair_by_seed_only_where_the_records_show_shared_streams(tmp_path,
+                                                                             capsys):
+    from synthetic_runs import FakeRun, identity, write
+
+    from mtrl_bench.identity import cell_id
+    from mtrl_bench.runs.rundir import run_dir
+
+    rng = np.random.default_rng(3)
+    seed_effect = rng.normal(0, 0.1, 5)
+    levels = {"harmodt-r": 0.6, "promptdt": 0.45, "mtdt": 0.5}
+    success = {}
+    for method, level in levels.items():
+        ident = identity(method, "near-optimal")
+        success[method] = []
+        for seed in range(5):
+            values = np.clip(level + seed_effect[seed] + rng.normal(0, 0.02, 5), 0, 1)
+            success[method].append(values)
+            path = run_dir(tmp_path, "mt5", "near-optimal", method, cell_id(ident), seed)
+            write(tmp_path / "runs", FakeRun(method, "near-optimal", seed, values,
+                                             1000 * values, ident, path))
+            weights = f"w{seed}" if method != "mtdt" else f"mtdt-w{seed}"  # another model
+            meta = json.loads((path / "meta.json").read_text())
+            meta["streams"] = {"initial_weights": weights, "batch_stream": f"b{seed}",
+                               "initial_masks": None}
+            (path / "meta.json").write_text(json.dumps(meta))
+    assert main(["table", "--results-dir", str(tmp_path), "--resamples", "100",
+                 "--reference", "harmodt-r"]) == 0
+    capsys.readouterr()
+    frame = csv(tmp_path / "tables", "table1").set_index("row")
+    expected = stats.paired_diff_ci(np.array(success["promptdt"]), np.array(success["harmodt-r"]))
+    assert frame.loc["promptdt", "paired_diff_ci_low_pct"] == pytest.approx(100 * expected.low)
+    assert frame.loc["promptdt", "paired_diff_ci_high_pct"] == pytest.approx(100 * expected.high)
+    welch_width = frame.loc["promptdt", "diff_ci_high_pct"] - frame.loc["promptdt",
+                                                                        "diff_ci_low_pct"]
+    assert 100 * (expected.high - expected.low) < welch_width  # the seed effect cancels
+    assert np.isnan(frame.loc["mtdt", "paired_diff_ci_low_pct"])  # other weights: not paired
+    markdown = (tmp_path / "tables" / "table1.md").read_text()
+    assert "95% CI paired by seed" in markdown
+    mtdt_line = next(line for line in markdown.splitlines() if "| mtdt " in line and
+                     "harmodt-r" in line)
+    assert mtdt_line.rstrip(" |").endswith("—")

@@ -43,6 +43,9 @@ class RunRecord:
     #: elsewhere)
     numerics: dict | None = None
     numerics_keys: tuple[str, ...] = ("unrecorded",)
+    #: meta.json "streams": digests of what the seed fixed (initial weights, batch stream,
+    #: initial masks); None for runs made before they were recorded
+    streams: dict | None = None
 
     def label(self) -> str:
         seed = "?" if self.seed is None else self.seed
@@ -64,6 +67,7 @@ def load_run(path: Path) -> RunRecord:
         run.identity = meta.get("identity")
         run.role = meta.get("role")
         run.numerics = meta.get("numerics")
+        run.streams = meta.get("streams")
         if run.numerics:
             run.numerics_keys = tuple(meta.get("numerics_mixed") or [run.numerics["key"]])
     except (OSError, ValueError, TypeError, AttributeError) as err:

@@ -127,6 +127,26 @@ def mean_diff_ci(a, b, *, confidence: float = DEFAULT_CONFIDENCE) -> Interval:
     return Interval(estimate, float(interval.low), float(interval.high))
 
 
+def paired_diff_ci(a, b, *, confidence: float = DEFAULT_CONFIDENCE) -> Interval:
+    """t-interval of the mean per-seed difference: row s of ``a`` and of ``b`` are runs of
+    the same seed that shared their random streams (initial weights, batches), so the seed
+    effect they share cancels in a - b and only the method's effect and the rest of the
+    noise remain (n - 1 degrees of freedom over the n paired seeds). Use it only where the
+    runs' records show the shared streams; undefined with fewer than two pairs."""
+    from scipy import stats as sps
+
+    a, b = _as_scores(a), _as_scores(b)
+    if a.shape != b.shape:
+        raise ValueError(f"paired runs must match one to one, got {a.shape} vs {b.shape}")
+    differences = run_means(a) - run_means(b)
+    estimate = float(differences.mean())
+    if differences.size < 2:
+        return Interval(estimate, None, None)
+    half = float(sps.t.ppf(0.5 + confidence / 2, differences.size - 1)
+                 * differences.std(ddof=1) / np.sqrt(differences.size))
+    return Interval(estimate, estimate - half, estimate + half)
+
+
 def iqm(scores) -> float:
     """Interquartile mean of all (run, task) scores: the mean of the middle 50%."""
     from scipy import stats as sps

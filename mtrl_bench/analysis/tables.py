@@ -238,12 +238,36 @@ def reference_rows(grid: Grid, rows: list[Row], options: TableOptions) -> dict[C
     return references
 
 
+#: the streams two runs of one seed must share to be paired: the initial masks may differ
+#: (a masked method against an unmasked one is still the same weights on the same batches)
+PAIRING_STREAMS = ("initial_weights", "batch_stream")
+
+
+def paired_by_seed(a: CellScores, b: CellScores) -> tuple[np.ndarray, np.ndarray] | None:
+    """The success rows of the seeds both cells ran, when every such pair of runs shared its
+    random streams by their records (:data:`PAIRING_STREAMS`); None otherwise, or with
+    fewer than two such seeds."""
+    runs_a = {run.seed: run for run in a.cell.runs}
+    runs_b = {run.seed: run for run in b.cell.runs}
+    common = [seed for seed in a.seeds if seed in b.seeds]
+    if len(common) < 2:
+        return None
+    for seed in common:
+        streams_a, streams_b = runs_a[seed].streams or {}, runs_b[seed].streams or {}
+        if any(streams_a.get(k) is None or streams_a.get(k) != streams_b.get(k)
+               for k in PAIRING_STREAMS):
+            return None
+    return (a.success[[a.seeds.index(s) for s in common]],
+            b.success[[b.seeds.index(s) for s in common]])
+
+
 def table1(grid: Grid, options: TableOptions):
     """Paper Table 1 with Δ vs a named reference baseline; returns (tables, csv rows)."""
     grid = grid.fixed_suites()
     rows = [r for r in grid.rows if r.role != "ablation"]
     references = reference_rows(grid, rows, options)
     pending = []  # (column, row, Comparison)
+    paired: dict[tuple[Row, Column], stats.Interval | None] = {}
     for column, reference in references.items():
         base = grid.get(reference, column)
         for row in rows:
@@ -251,6 +275,8 @@ def table1(grid: Grid, options: TableOptions):
             if scores is not None and row != reference:
                 pending.append((column, row, stats.compare(
                     scores.success, base.success, row.label, reference.label)))
+                pairs = paired_by_seed(scores, base)
+                paired[(row, column)] = None if pairs is None else stats.paired_diff_ci(*pairs)
     adjusted = stats.fdr_adjust([c.p_welch for _, _, c in pending])
     verdicts: dict[tuple[Row, Column], Verdict] = {}
     for (column, row, comp), p_adj in zip(pending, adjusted):
@@ -317,6 +343,10 @@ def table1(grid: Grid, options: TableOptions):
                     p_welch=nan_if_none(comp.p_welch), p_welch_bh=nan_if_none(verdict.p_adjusted),
                     p_mann_whitney=nan_if_none(comp.p_mann_whitney),
                     verdict=verdict.text(options.min_seeds))
+                pair = paired.get((row, column))
+                record.update(
+                    paired_diff_ci_low_pct=nan_if_none(pair and pair.low, 100),
+                    paired_diff_ci_high_pct=nan_if_none(pair and pair.high, 100))
             csv_rows.append(record)
         body.append(line)
 
@@ -349,19 +379,27 @@ def table1(grid: Grid, options: TableOptions):
     comp_rows = []
     for (column, row, comp), p_adj in zip(pending, adjusted):
         verdict = verdicts[(row, column)]
+        pair = paired[(row, column)]
         comp_rows.append([
             column.label, row.label, comp.baseline, pct(comp.diff.estimate, signed=True),
             interval_text(comp.diff.low, comp.diff.high), fmt_p(comp.p_welch), fmt_p(p_adj),
             fmt_p(comp.p_mann_whitney), f"{comp.n_method} vs {comp.n_baseline}",
             verdict.text(options.min_seeds),
+            MISSING if pair is None else interval_text(pair.low, pair.high),
         ])
     comparisons = Table(
         "table1_comparisons", f"Every comparison with the reference, {options.label}",
         [("", h) for h in ("Column", "Row", "Reference", "Δ (pp)", "95% CI (Welch)",
-                           "Welch p", "Welch p (BH)", "Mann-Whitney p", "Seeds", "Verdict")],
+                           "Welch p", "Welch p (BH)", "Mann-Whitney p", "Seeds", "Verdict",
+                           "95% CI paired by seed")],
         comp_rows,
         [f"Benjamini-Hochberg over the {tested} defined Welch p-values. Mann-Whitney p is "
-         "coarse with few seeds: 3 vs 3 cannot go below 0.1, 5 vs 5 not below 0.008."])
+         "coarse with few seeds: 3 vs 3 cannot go below 0.1, 5 vs 5 not below 0.008.",
+         "Paired by seed: the t-interval of the mean per-seed difference, only where every "
+         "seed both cells have was run from the same initial weights and batch stream (the "
+         "digests in each run's meta.json \"streams\"); — where the records do not show it "
+         "(runs made before streams were recorded, or another model such as MTDT's). A "
+         "secondary analysis: verdicts use the Welch test."])
     return [main, comparisons], csv_rows
 
 
@@ -689,6 +727,7 @@ def run_mask_dynamics(run: RunRecord) -> dict | None:
 
     entries = last.get("entries")
     conflicted, recovered = per_update("conflicted"), per_update("recovered")
+    movement = (run.results or {}).get("masks") or {}  # final.json, since it was recorded
     return {
         "updates": len(records),
         "final_sparsity": float(np.mean(last["sparsity"])),
@@ -698,6 +737,8 @@ def run_mask_dynamics(run: RunRecord) -> dict | None:
         "recovered_per_update": recovered,
         "conflicted_share": conflicted / entries if entries else math.nan,
         "recovered_share": recovered / entries if entries else math.nan,
+        "moved": _nanmean(movement.get("moved")),
+        "overlap": _nanmean([movement.get("overlap")]),
     }
 
 
@@ -716,6 +757,8 @@ MASK_COLUMNS = (
     ("recovered_per_update", "recovered / update", 1.0, 1),
     ("conflicted_share", "conflicted / update (% of entries)", 100.0, 4),
     ("recovered_share", "recovered / update (% of entries)", 100.0, 4),
+    ("moved", "moved from start (%)", 100.0, 3),
+    ("overlap", "task overlap (Jaccard)", 1.0, 3),
 )
 
 
@@ -756,8 +799,12 @@ def mask_dynamics_table(cells: list[Cell], options: TableOptions):
              "entries with M < 1 (absent from the task's forward pass); soft entries = share "
              "with 0 < M < 1 (absent but still updated) and mean soft value = their mean M "
              "(— for hard masks). Conflicted / recovered = entries per task per update (mean "
-             "over updates and tasks; HarmoDT: its k pruned / regrown). Mean ± sample std over "
-             "seeds. Methods without masks have no rows."]))
+             "over updates and tasks; HarmoDT: its k pruned / regrown). Moved from start = "
+             "share of entries whose use (M = 1) differs from the initial mask at the end of "
+             "training, mean over tasks; task overlap = mean over task pairs of the Jaccard "
+             "index of the entries they use (1: one mask for all tasks); both from final.json "
+             "(— for runs made before they were recorded). Mean ± sample std over seeds. "
+             "Methods without masks have no rows."]))
     if not tables:
         tables.append(Table("mask_dynamics", "Mask dynamics", [("", "Method")], [],
                             ["No run here has mask records."]))
