@@ -197,3 +197,46 @@ def test_aggregate_metrics_draw_the_tables_numbers(synthetic):
     points = [li for li in poi_ax.get_lines() if len(li.get_xdata()) == 1
               and li.get_ydata()[0] == index]
     assert points[0].get_xdata()[0] == pytest.approx(poi)
+
+
+def _fixed_goal_values(run):
+    """A run's success on goals 0..4 at every evaluation, the final one from episodes.json."""
+    from synthetic_runs import EVAL_GOALS, episodes
+
+    points = {r["step"]: r["mean_success"] for r in run.records
+              if r["kind"] == "eval" and r["num_goals"] == EVAL_GOALS}
+    final = max(r["step"] for r in run.records if r["kind"] == "eval")
+    points[final] = np.mean([e["success"] for e in episodes(run) if e["goal"] < EVAL_GOALS])
+    return points
+
+
+def test_fixed_goal_curves_compare_like_with_like_with_seed_intervals(synthetic):
+    _, runs, columns, _ = synthetic
+    fig = plots.fixed_goal_curves(column(columns, "MT5 near-optimal [1]"), "near")
+    members = main_runs(runs, "socodt", "near-optimal")
+    curve = line(fig.axes[0], "socodt (n=5)")
+    values = [_fixed_goal_values(run) for run in members]
+    steps = sorted(values[0])
+    assert list(curve.get_xdata()) == steps
+    per_step = [np.array([v[s] for v in values]) for s in steps]
+    assert list(curve.get_ydata()) == pytest.approx([100 * v.mean() for v in per_step])
+    final = per_step[-1]  # the band is the 95% t-interval over seeds
+    half = sps.t.ppf(0.975, 4) * final.std(ddof=1) / np.sqrt(5)
+    polygons = [c.get_paths()[0].vertices for c in fig.axes[0].collections if c.get_paths()]
+    assert any(np.any(np.isclose(p[:, 1], 100 * (final.mean() + half))) for p in polygons)
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert "final on all 50 goals/task" in legend and "goals 0–4" in fig.axes[0].get_title()
+
+
+def test_gap_vs_training_is_masked_minus_promptdt_with_welch_intervals(synthetic):
+    _, runs, columns, _ = synthetic
+    fig = plots.gap_vs_training(column(columns, "MT5 near-optimal [1]"), "near")
+    labels = [li.get_label() for li in fig.axes[0].get_lines() if "−" in li.get_label()]
+    assert "socodt − promptdt" in labels and not any(lb.startswith("mtdt") for lb in labels)
+    gap = line(fig.axes[0], "socodt − promptdt")
+    socodt = [_fixed_goal_values(r) for r in main_runs(runs, "socodt", "near-optimal")]
+    base = [_fixed_goal_values(r) for r in main_runs(runs, "promptdt", "near-optimal")]
+    steps = sorted(socodt[0])
+    expected = [100 * (np.mean([v[s] for v in socodt]) - np.mean([v[s] for v in base]))
+                for s in steps]
+    assert list(gap.get_ydata()) == pytest.approx(expected)

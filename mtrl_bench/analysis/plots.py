@@ -45,7 +45,7 @@ from mtrl_bench.analysis.cells import (
 )
 from mtrl_bench.errors import UserError
 from mtrl_bench.identity import flatten, format_value
-from mtrl_bench.io import atomic_write, atomic_write_text
+from mtrl_bench.io import atomic_write, atomic_write_text, read_json
 from mtrl_bench.method import histogram_edges
 from mtrl_bench.runs.rundir import MetricsLog
 
@@ -169,6 +169,112 @@ def learning_curves(series: Series, title: str):
         ax.grid(alpha=0.3)
     handles, _ = axes[0].get_legend_handles_labels()
     axes[0].legend(handles=handles + legend_extra, fontsize=7)
+    return fig
+
+
+def fixed_goal_success(cell: Cell, run_path: Path, records: list[dict]) -> dict[int, float]:
+    """{step: mean success on the periodic evaluations' goal set}: goals 0..n-1 of every
+    task (n = Run.eval_goals) at each periodic evaluation and, read from episodes.json, at
+    the final one, so every point of a curve is measured on the same goals."""
+    goals = cell.identity["protocol"].get("run.eval_goals")
+    periodic, final = _evaluations(cell, records)
+    points = {step: r["mean_success"] for step, r in periodic.items()
+              if r.get("num_goals") in (None, goals)}
+    episodes_path = Path(run_path) / "episodes.json"
+    if final and goals and episodes_path.exists():
+        episodes = [e for e in read_json(episodes_path) if e["goal"] < goals]
+        if episodes:
+            points[max(final)] = float(np.mean([bool(e["success"]) for e in episodes]))
+    return points
+
+
+def _fixed_goal_points(cell: Cell, runs: list[list[dict]]) -> dict[int, list[float]]:
+    """{step: [each run's fixed-goal success]} over the runs of a cell."""
+    by_step: dict[int, list[float]] = {}
+    for run, records in zip(cell.runs, runs):
+        for step, value in fixed_goal_success(cell, run.path, records).items():
+            by_step.setdefault(step, []).append(value)
+    return dict(sorted(by_step.items()))
+
+
+def fixed_goal_curves(series: Series, title: str):
+    """Success on one fixed goal set at every evaluation, the end included (like with
+    like), mean and 95% t-interval over seeds per row; the all-goal final mean as a star."""
+    drawn = [(cell, runs, _fixed_goal_points(cell, runs)) for cell, runs in series]
+    drawn = [(cell, runs, points) for cell, runs, points in drawn if len(points) > 1]
+    if not drawn:
+        return None
+    fig, axes = _new_figure(1, width=6.4, height=4.2)
+    ax = axes[0]
+    goals = drawn[0][0].identity["protocol"].get("run.eval_goals", "?")
+    finals = drawn[0][0].identity["protocol"].get("run.final_eval_goals", "?")
+    for cell, runs, points in drawn:
+        steps = list(points)
+        intervals = [stats.mean_ci(np.array(v)[:, None]) for v in points.values()]
+        mean = np.array([100 * i.estimate for i in intervals])
+        line, = ax.plot(steps, mean, marker="o", markersize=3, linewidth=1.4,
+                        label=f"{cell.row.label} (n={len(runs)})")
+        low = [100 * (i.low if i.low is not None else i.estimate) for i in intervals]
+        high = [100 * (i.high if i.high is not None else i.estimate) for i in intervals]
+        ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
+        _, final = zip(*[_evaluations(cell, recs) for recs in runs])
+        all_goals = [r["mean_success"] for f in final for r in f.values()]
+        if all_goals:
+            ax.plot([max(steps)], [100 * np.mean(all_goals)], linestyle="none", marker="*",
+                    markersize=10, color=line.get_color())
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles, _ = ax.get_legend_handles_labels()
+    handles += [Patch(color="gray", alpha=0.15, label="95% t-interval over seeds"),
+                Line2D([], [], linestyle="none", marker="*", color="gray", markersize=10,
+                       label=f"final on all {finals} goals/task")]
+    ax.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    ax.set(xlabel="step", ylabel="success rate (%)", ylim=(-2, 102),
+           title=f"{title}: success on goals 0–{goals - 1 if isinstance(goals, int) else '?'}"
+                 " of each task")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _has_masks(runs: list[list[dict]]) -> bool:
+    return any(r.get("kind") == "mask" for records in runs for r in records)
+
+
+#: the unmasked row the gap figure measures masked rows against
+GAP_BASE = "promptdt"
+
+
+def gap_vs_training(series: Series, title: str):
+    """Each masked row minus Prompt-DT on the fixed goal set at every evaluation: the
+    difference of seed means with its 95% Welch interval (seeds as the unit)."""
+    base = next(((cell, runs) for cell, runs in series if cell.row.label == GAP_BASE), None)
+    masked = [(cell, runs) for cell, runs in series if _has_masks(runs)]
+    if base is None or not masked:
+        return None
+    base_points = _fixed_goal_points(*base)
+    fig, axes = _new_figure(1, width=6.4, height=4.2)
+    ax = axes[0]
+    for cell, runs in masked:
+        points = _fixed_goal_points(cell, runs)
+        steps = [s for s in points if s in base_points]
+        diffs = [stats.mean_diff_ci(np.array(points[s])[:, None],
+                                    np.array(base_points[s])[:, None]) for s in steps]
+        if not steps:
+            continue
+        line, = ax.plot(steps, [100 * d.estimate for d in diffs], marker="o", markersize=3,
+                        label=f"{cell.row.label} − {GAP_BASE}")
+        defined = [(s, d) for s, d in zip(steps, diffs) if d.low is not None]
+        if defined:
+            ax.fill_between([s for s, _ in defined], [100 * d.low for _, d in defined],
+                            [100 * d.high for _, d in defined], color=line.get_color(),
+                            alpha=0.12, linewidth=0)
+    goals = base[0].identity["protocol"].get("run.eval_goals", "?")
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set(xlabel="step", ylabel="difference in success (pp), 95% Welch band",
+           title=f"{title}: masked − {GAP_BASE}, {goals} fixed goals/task")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    ax.grid(alpha=0.3)
     return fig
 
 
@@ -443,6 +549,8 @@ FIGURES = (
     ("beta_schedule", beta_schedule, "no mask records with beta"),
     ("conflict_scores", conflict_scores, "no mask records with conflict_hist"),
     ("aggregate_metrics", aggregate_metrics, "no usable final scores"),
+    ("fixed_goal_curves", fixed_goal_curves, "fewer than two evaluations on the fixed goals"),
+    ("gap_vs_training", gap_vs_training, f"no {GAP_BASE} or no masked row"),
 )
 
 
