@@ -117,3 +117,35 @@ def test_runs_record_the_random_streams_their_seed_fixed(datasets):
     assert other["initial_weights"] != base["initial_weights"]
     assert other["batch_stream"] != base["batch_stream"]
     assert streams[("socodt", 1)]["initial_masks"] != streams[("socodt", 0)]["initial_masks"]
+
+
+def test_random_churn_flips_exactly_its_counts_among_eligible_entries(datasets):
+    trainer = _trainer(datasets, "random-churn", update_interval=2, conflicted_per_update=7,
+                       recovered_per_update=3)
+    start = trainer.masks.soft.clone()
+    assert torch.equal(start, _trainer(datasets, "random-masks").masks.soft)  # same start
+    before = start.clone()
+    records = []
+    trainer.train(callback=records.append)
+    updates = [r for r in records if r["kind"] == "mask"]
+    assert len(updates) == 2  # steps 2 and 4 (not after the last step)
+    assert all(r["conflicted"] == [7] * 3 and r["recovered"] == [3] * 3 for r in updates)
+    after = trainer.masks.soft
+    assert set(after.unique().tolist()) <= {0.0, 1.0}
+    # each update: 7 active entries off, 3 suppressed entries on, so 4 more off per update
+    assert torch.equal((after == 0).sum(1) - (before == 0).sum(1), torch.full((3,), 2 * 4))
+    assert all(0 < m < 1 for m in trainer.mask_movement()["moved"])
+    again = _trainer(datasets, "random-churn", update_interval=2, conflicted_per_update=7,
+                     recovered_per_update=3)
+    again.train()
+    assert torch.equal(again.masks.soft, after)  # the method's own seeded stream
+
+
+def test_random_churn_with_no_counts_is_random_masks(datasets):
+    churn = _trainer(datasets, "random-churn", update_interval=2)
+    churn.train()  # each trainer seeds torch's global stream (dropout) when built
+    fixed = _trainer(datasets, "random-masks", update_interval=2)
+    fixed.train()
+    assert torch.equal(churn.masks.soft, fixed.masks.soft)
+    for a, b in zip(churn.model.parameters(), fixed.model.parameters()):
+        assert torch.equal(a, b)
