@@ -415,8 +415,8 @@ class RunRequest:
         for name in ("suite", "quality", "seed", "data"):
             if getattr(self, name) is not None:
                 args += [f"--{name}", str(getattr(self, name))]
-        args += [arg for path in self.gin_files for arg in ("--gin_file", path)]
-        args += [arg for binding in self.bindings for arg in ("--gin_binding", binding)]
+        args += [arg for path in self.gin_files for arg in ("--gin-file", path)]
+        args += [arg for binding in self.bindings for arg in ("--gin-binding", binding)]
         args += ["--device", self.device]
         if self.threads is not None:
             args += ["--threads", str(self.threads)]

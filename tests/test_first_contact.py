@@ -200,3 +200,31 @@ def test_a_killed_run_is_listed_as_stopped_not_running_forever(tmp_path):
 def test_the_tiny_preset_logs_training_records():
     plan = plan_run("promptdt", "tiny")
     assert plan.arguments["Trainer"]["log_every"] <= plan.arguments["Trainer"]["total_steps"]
+
+
+@pytest.mark.slow
+def test_two_runs_of_one_cell_in_one_place_are_bit_identical(tmp_path):
+    """README's contract: same code, same machine numerics, same threads: every logged
+    loss, evaluation and final number equal to the last bit (only timings may differ)."""
+    from mtrl_bench.runs.rundir import MetricsLog
+
+    def make(folder):
+        argv = ["run", "--method", "socodt", "--preset", "tiny", "--no-progress", "--threads",
+                "1", "--results-dir", str(tmp_path / folder), "--data-dir",
+                str(tmp_path / "data")]
+        assert main(argv) == 0
+        return plan_run("socodt", "tiny", results=str(tmp_path / folder)).path
+
+    first, second = make("a"), make("b")
+    timing = {"sequences_per_s", "seconds", "wall_s", "elapsed_s"}
+
+    def records(path):
+        return [{k: v for k, v in r.items() if k not in timing}
+                for r in MetricsLog(path / "metrics.jsonl").records()]
+
+    assert records(first) == records(second) and len(records(first)) > 5
+    assert (first / "final.json").read_text() == (second / "final.json").read_text()
+    assert (first / "episodes.json").read_text() == (second / "episodes.json").read_text()
+    meta = [json.loads((p / "meta.json").read_text()) for p in (first, second)]
+    assert meta[0]["numerics"] == meta[1]["numerics"] and meta[0]["streams"] == meta[1][
+        "streams"]
