@@ -113,10 +113,10 @@ class _AllTasksMaskedWeights(torch.autograd.Function):
     def backward(ctx, *grads):
         (grad_scale,) = ctx.saved_tensors
         n = grad_scale.shape[0]
-        grad = torch.cat([
-            (torch.zeros((n, *shape), dtype=grad_scale.dtype, device=grad_scale.device)
-             if g is None else g).reshape(n, -1)
-            for g, shape in zip(grads, ctx.shapes)], dim=1)  # (N, P): dL_i/dW_i
+        parts = [torch.zeros((n, *shape), dtype=grad_scale.dtype, device=grad_scale.device)
+                 if g is None else g for g, shape in zip(grads, ctx.shapes)]
+        grad = torch.cat([g if g.dim() == 2 else g.reshape(n, -1) for g in parts],
+                         dim=1)  # (N, P): dL_i/dW_i
         if ctx.capture is not None:  # added: one backward per task fills one row each
             ctx.capture.add_(grad * ctx.capture_scale)
         acc = torch.promote_types(grad.dtype, torch.float32)
