@@ -114,3 +114,98 @@ def test_paper_model_size_matches_harmodt():
     model = PromptDT(PromptDTConfig())
     assert model.num_maskable == 4_738_560  # HarmoDT: 4.74M inside the blocks
     assert 5.2e6 < sum(p.numel() for p in model.parameters()) < 5.35e6  # HarmoDT: 5.29M
+
+
+def _fused_and_per_parameter(dtype, autocast):
+    """One forward/backward with gradient capture of the fused mask path and of the
+    per-parameter formulation it replaced (TaskMasks.effective for each layer), from the
+    same model, batch and soft masks: (prediction, parameter gradients, capture) of each."""
+    torch.manual_seed(0)
+    model = _tiny_model()
+    n = 3
+    batch, prompt = (
+        {key: v.float() if v.is_floating_point() else v for key, v in part.items()}
+        for part in _random_batch(n, 2, 4, 2))
+    soft = torch.rand(n, model.num_maskable)
+    soft[soft > 0.3] = 1.0
+    masks = TaskMasks(soft, model.mask_segments, compute_dtype=dtype, soft_values=True)
+
+    def run():
+        model.zero_grad(set_to_none=True)
+        captured = masks.start_capture(scale=n)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            pred = model(**batch, prompt=prompt, masks=masks)
+        pred.float().square().mean().backward()
+        masks.stop_capture()
+        return pred, {name: p.grad.clone() for name, p in model.named_parameters()}, captured
+
+    fused = run()
+    with pytest.MonkeyPatch.context() as patch:  # layers read the masks segment by segment
+        patch.setattr(TaskMasks, "materialize", lambda self, thetas: self)
+        per_parameter = run()
+    return fused, per_parameter
+
+
+def test_fused_masked_weights_are_bit_identical_to_the_per_parameter_path():
+    """float32: the fused path (every task's weights of every parameter in one multiply,
+    one concatenated backward) gives the same bits as the per-parameter one."""
+    (pred, grads, captured), (pred_ref, grads_ref, captured_ref) = \
+        _fused_and_per_parameter(torch.float32, autocast=False)
+    assert torch.equal(pred, pred_ref)
+    assert torch.equal(captured, captured_ref) and captured.abs().sum() > 0
+    for name, grad in grads.items():
+        assert torch.equal(grad, grads_ref[name]), name
+
+
+def test_fused_masked_weights_match_in_bf16():
+    """bf16 autocast with masks cached in bf16 (the GPU path), here on the CPU."""
+    (pred, grads, captured), (pred_ref, grads_ref, captured_ref) = \
+        _fused_and_per_parameter(torch.bfloat16, autocast=True)
+    assert captured.dtype == torch.float32
+    torch.testing.assert_close(pred, pred_ref, rtol=1.6e-2, atol=1e-3)
+    torch.testing.assert_close(captured, captured_ref, rtol=1.6e-2, atol=1e-4)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, grads_ref[name], rtol=1.6e-2, atol=1e-4, msg=name)
+
+
+def test_materialized_masks_refuse_another_parameter():
+    model = _tiny_model()
+    masks = TaskMasks(torch.ones(2, model.num_maskable), model.mask_segments)
+    thetas = [p for _, p in model.maskable_parameters()]
+    with pytest.raises(ValueError, match="parameters for"):
+        masks.materialize(thetas[:-1])
+    materialized = masks.materialize(thetas)
+    with pytest.raises(ValueError, match="another parameter"):
+        materialized.effective(0, thetas[1])
+
+
+def test_compiled_masked_step_captures_the_eager_gradients():
+    """torch.compile of the fused masked step (aot_eager: the autograd graph a GPU backend
+    would get) gives the eager step's gradients and capture, with and without capture, and
+    compiles each variant once."""
+    torch.manual_seed(0)
+    model, n = _tiny_model(), 3
+    soft = torch.rand(n, model.num_maskable)
+    soft[soft > 0.3] = 1.0
+    masks = TaskMasks(soft, model.mask_segments)
+    batch, prompt = (
+        {key: v.float() if v.is_floating_point() else v for key, v in part.items()}
+        for part in _random_batch(n, 2, 4, 2))
+
+    def step(fn, capture):
+        model.zero_grad(set_to_none=True)
+        captured = masks.start_capture(scale=n) if capture else None
+        fn(**batch, prompt=prompt, masks=masks).square().mean().backward()
+        masks.stop_capture()
+        return torch.cat([p.grad.flatten() for p in model.parameters()]), captured
+
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="aot_eager")
+    for i, capture in enumerate((True, False, True, False)):
+        # the variants with and without capture compile once each, then never again
+        with torch._dynamo.config.patch(error_on_recompile=i >= 2):
+            got = step(compiled, capture)
+        want = step(model, capture)
+        torch.testing.assert_close(got[0], want[0], rtol=1e-6, atol=1e-9)
+        if capture:
+            torch.testing.assert_close(got[1], want[1], rtol=1e-6, atol=1e-9)

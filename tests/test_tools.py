@@ -30,6 +30,9 @@ def run_tool(name: str, *args: str, tmp_path: Path,
                         "--warmup", "1", "--no-reference", "--methods", "promptdt",
                         "--aggregators", "--episodes", "2"],
      ["upgrad", "nash-mtl", "rlw", "x PCGrad"]),
+    ("bench_train.py", ["--preset", "tiny", "--tasks", "2", "--device", "cpu", "--count-ops",
+                        "--methods", "promptdt", "harmodt-f", "socodt", "--episodes", "2"],
+     ["operator calls per training step", "harmodt-f", "capture adds"]),
     ("bench_masks.py", ["--model", "tiny", "--tasks", "2", "--device", "cpu", "--repeats", "1",
                         "--warmup", "0"],
      ["socodt-fixed", "harmodt-f", "median_ms"]),
@@ -83,6 +86,32 @@ def test_reference_iteration_updates_only_the_task_s_active_entries():
     assert torch.equal(after[~active], before[~active])
     assert (after[active] != before[active]).float().mean() > 0.5
     assert not torch.equal(trainer.model.embed_state.weight, embedding)
+
+
+def test_count_ops_counts_one_step_deterministically():
+    """--count-ops: the same step counts the same every time; masks add a few operator calls
+    per masked parameter (the fused path), not one set of masking ops per parameter and task
+    (the per-parameter path added about 10.7 per parameter)."""
+    from mtrl_bench.method import build_method
+    from mtrl_bench.training.model import PromptDTConfig
+    from mtrl_bench.training.trainer import Trainer
+
+    bench = tool_module("bench_train")
+    config = PromptDTConfig(n_layer=2, n_head=1, n_embd=16, n_inner=32, dropout=0.1,
+                            context_len=4, prompt_len=2)
+    datasets = bench.synthetic_datasets(2, 2, length=20)
+
+    def counts(method):
+        trainer = Trainer(datasets, build_method(method), device="cpu", model_config=config,
+                          batch_size=2, warmup_steps=1)
+        return bench.count_step_ops(trainer), len(trainer.model.mask_segments)
+
+    (plain, _), (masked, segments) = counts("promptdt"), counts("socodt")
+    assert counts("socodt")[0] == masked  # deterministic
+    step = masked["step"]
+    assert step["total"] == step["views"] + step["non_view"] > plain["step"]["total"]
+    assert step["total"] - plain["step"]["total"] < 5 * segments
+    assert 0 < masked["capture_extra"] < 10 and "capture_extra" not in plain
 
 
 def test_gpu_report_stops_a_step_and_its_workers_at_its_limit(tmp_path):

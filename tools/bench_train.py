@@ -18,13 +18,20 @@ throughput does not depend on their values. Goals on one H100 with ``--preset pa
 reference loop, a HarmoDT mask update under 50 ms and a TAMU update under 150 ms.
 ``--json FILE`` writes the figures for tools/gpu_report.py.
 
+``--count-ops`` measures no time: it counts the operator calls of one training step
+(forward + backward + gradient clipping + optimiser, no mask update) of each method, a
+proxy for the host overhead and kernel launches of a step that any CPU can take
+deterministically (see :func:`count_step_ops`).
+
     python tools/bench_train.py --preset paper --tasks 50 --batch 8 --device cuda --bf16
     python tools/bench_train.py --preset tiny --tasks 5 --device cpu --steps 30
+    python tools/bench_train.py --preset paper --tasks 50 --batch 8 --device cpu --count-ops
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import copy
 import dataclasses
 import itertools
@@ -36,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from mtrl_bench.config import CONFIG_DIR, parse_gin_files
 from mtrl_bench.data.dataset import TaskDataset
@@ -205,6 +213,71 @@ def profile_steps(datasets, method: str, args, steps: int) -> str:
     return prof.key_averages().table(sort_by=key, row_limit=15, max_name_column_width=50)
 
 
+class OpCounter(TorchDispatchMode):
+    """Counts every aten operator call dispatched while active, by name, in two kinds:
+    views (``OpOverload.is_view``: metadata only, no kernel, yet each one a dispatch) and
+    the rest (what launches kernels, plus host-side scalars such as ``_local_scalar_dense``).
+
+    A dispatch mode sees the ops below autograd and below composite decompositions, i.e.
+    each kernel call the step really makes, the backward's included (the autograd engine
+    runs CPU backward in this thread, under the mode), each op once. torch.profiler was the
+    other choice: it records nested ranges (``aten::linear`` around ``aten::addmm``), so its
+    counts depend on which nesting level one counts.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.views: collections.Counter = collections.Counter()
+        self.compute: collections.Counter = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        (self.views if func.is_view else self.compute)[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+    def summary(self) -> dict:
+        views, compute = sum(self.views.values()), sum(self.compute.values())
+        return {"total": views + compute, "views": views, "non_view": compute,
+                "top": dict((self.views + self.compute).most_common(12))}
+
+
+def count_step_ops(trainer: Trainer) -> dict:
+    """Operator calls of one steady-state training step of ``trainer`` (after one step, so
+    the optimiser's state exists; never a step that updates masks), and of one forward and
+    backward with gradient capture (what a mask-update step adds before the update)."""
+    trainer.train_step()
+    while trainer.masks is not None and trainer.method.wants_update(trainer.step):
+        trainer.train_step()
+    with OpCounter() as step:
+        trainer.train_step()
+    out = {"step": step.summary()}
+    if trainer.masks is not None and trainer.method.mask_update_needs_gradients:
+        batch = trainer.sampler.sample(with_prompt=trainer.config.prompted)
+        with OpCounter() as captured:
+            trainer.loss_and_backward(batch, capture=True)
+        trainer.masks.stop_capture()
+        with OpCounter() as plain:
+            trainer.loss_and_backward(batch)
+        out["capture_extra"] = captured.summary()["total"] - plain.summary()["total"]
+    return out
+
+
+def count_ops(datasets, methods, args) -> dict:
+    """{method: count_step_ops(...)} and a printed table."""
+    out = {}
+    print(f"\noperator calls per training step (aten ops dispatched: forward + backward + "
+          f"clip + optimiser; TorchDispatchMode):\n{'':<14}{'total':>8}{'non-view':>10}"
+          f"{'views':>8}{'capture adds':>14}  most called")
+    for method in methods:
+        counts = count_step_ops(make_trainer(datasets, method, args, args.bf16))
+        out[method] = counts
+        step = counts["step"]
+        top = ", ".join(f"{name} {n}" for name, n in list(step["top"].items())[:6])
+        extra = counts.get("capture_extra")
+        print(f"{method:<14}{step['total']:>8}{step['non_view']:>10}{step['views']:>8}"
+              f"{'' if extra is None else extra:>14}  {top}", flush=True)
+    return out
+
+
 def aggregator_methods() -> list[str]:
     """The registered torchjd aggregator methods, in registration order."""
     from mtrl_bench.methods.aggregators import TorchJDAggregator
@@ -240,6 +313,9 @@ def main(argv=None) -> int:
     parser.add_argument("--profile", nargs="*", metavar="METHOD", default=None,
                         help="print a torch.profiler table of 5 steps of these methods "
                              "(default when given bare: the first method)")
+    parser.add_argument("--count-ops", action="store_true",
+                        help="only count the operator calls of one training step per method "
+                             "(no timing; deterministic, so any machine can take it)")
     parser.add_argument("--json", type=Path, default=None,
                         help="also write the figures here (rewritten after every method, so "
                              "a run stopped midway keeps what it measured)")
@@ -270,6 +346,11 @@ def main(argv=None) -> int:
     def save() -> None:
         if args.json is not None:
             atomic_write_json(args.json, report)
+
+    if args.count_ops:
+        report["op_counts"] = count_ops(datasets, args.methods, args)
+        save()
+        return 0
 
     for method in args.methods:
         report["methods"][method] = bench_batched(datasets, method, args)

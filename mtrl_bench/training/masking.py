@@ -13,6 +13,14 @@ work on whole rows (quantiles, top-k) without looping over parameters; each mask
 parameter reads a ``(num_tasks, *shape)`` view of it. The same backward can also copy the
 per-task gradients dL_i/dW_i into a flat buffer of that shape, which is how methods get
 g_i for mask updates without one extra backward pass per task.
+
+A forward pass builds every task's effective weights of every masked parameter at once
+(:meth:`TaskMasks.materialize`, :class:`_AllTasksMaskedWeights`): one elementwise multiply
+of the flat theta row with the flat ``(N, P)`` mask, and in the backward one concatenation
+of the per-task gradients, one multiply and one sum over tasks, instead of that work once
+per parameter (72 parameters in the paper model). The arithmetic is the same, entry by
+entry, as the per-parameter formulation kept in :meth:`TaskMasks.effective` (float32
+results are bit-identical; tests/test_masking.py checks it).
 """
 
 from __future__ import annotations
@@ -78,6 +86,62 @@ class _TaskMaskedWeight(torch.autograd.Function):
         return theta_grad.to(ctx.theta_dtype), None, None, None, None
 
 
+class _AllTasksMaskedWeights(torch.autograd.Function):
+    """Every masked parameter at once: thetas (each of shape S_j) -> per-task effective
+    weights (N, *S_j) = theta_j * binary, as views of one (N, P) product.
+
+    The same arithmetic as :class:`_TaskMaskedWeight` on each parameter (elementwise
+    products; the backward's sum over tasks reduces the same N values per entry in the same
+    order), in a constant number of large operations instead of a few per parameter.
+    """
+
+    @staticmethod
+    def forward(ctx, masks, *thetas):
+        binary = masks.binary
+        ctx.save_for_backward(masks.grad_scale)
+        ctx.capture = masks.capture
+        ctx.capture_scale = masks.capture_scale
+        ctx.theta_dtype = thetas[0].dtype
+        ctx.shapes = [t.shape for t in thetas]
+        flat = torch.cat([t if t.dim() == 1 else t.view(-1) for t in thetas])
+        effective = flat.to(binary.dtype).unsqueeze(0) * binary  # (N, P)
+        n = binary.shape[0]
+        return tuple(part if len(shape) == 1 else part.view(n, *shape)
+                     for part, shape in zip(effective.split(masks.sizes, dim=1), ctx.shapes))
+
+    @staticmethod
+    def backward(ctx, *grads):
+        (grad_scale,) = ctx.saved_tensors
+        n = grad_scale.shape[0]
+        parts = [torch.zeros((n, *shape), dtype=grad_scale.dtype, device=grad_scale.device)
+                 if g is None else g for g, shape in zip(grads, ctx.shapes)]
+        grad = torch.cat([g if g.dim() == 2 else g.reshape(n, -1) for g in parts],
+                         dim=1)  # (N, P): dL_i/dW_i
+        if ctx.capture is not None:  # added: one backward per task fills one row each
+            ctx.capture.add_(grad * ctx.capture_scale)
+        acc = torch.promote_types(grad.dtype, torch.float32)
+        theta_grad = (grad.to(grad_scale.dtype) * grad_scale).sum(0, dtype=acc)
+        theta_grad = theta_grad.to(ctx.theta_dtype)
+        return (None, *(part if len(shape) == 1 else part.view(shape) for part, shape
+                        in zip(theta_grad.split([s.numel() for s in ctx.shapes]),
+                               ctx.shapes)))
+
+
+class MaterializedMasks:
+    """What a masked layer reads during one forward pass: every task's effective weights of
+    every masked parameter, built at once by :meth:`TaskMasks.materialize`."""
+
+    def __init__(self, thetas: list[torch.Tensor], weights: tuple[torch.Tensor, ...]):
+        self.thetas = thetas
+        self.weights = weights
+
+    def effective(self, seg_index: int, theta: torch.Tensor) -> torch.Tensor:
+        if theta is not self.thetas[seg_index]:
+            raise ValueError(f"masked segment {seg_index} was materialised from another "
+                             "parameter than the layer's own")
+        return self.weights[seg_index]
+
+
 class TaskMasks:
     """The masks of all tasks for one model, plus the views the layers read.
 
@@ -106,6 +170,7 @@ class TaskMasks:
         self.soft_values = soft_values
         self.capture: torch.Tensor | None = None
         self.capture_scale = 1.0
+        self.sizes = [seg.numel for seg in segments]
         self.refresh()
 
     @property
@@ -143,8 +208,17 @@ class TaskMasks:
     def _view(self, flat: torch.Tensor, seg: MaskSegment) -> torch.Tensor:
         return flat[:, seg.offset : seg.stop].view(self.num_tasks, *seg.shape)
 
+    def materialize(self, thetas: list[torch.Tensor]) -> MaterializedMasks:
+        """Every task's effective weights for every segment (``thetas``: the parameters in
+        segment order), built in one fused operation; layers read them through the
+        returned object's :meth:`MaterializedMasks.effective`, as they would this one's."""
+        if len(thetas) != len(self.segments):
+            raise ValueError(f"{len(thetas)} parameters for {len(self.segments)} mask segments")
+        return MaterializedMasks(thetas, _AllTasksMaskedWeights.apply(self, *thetas))
+
     def effective(self, seg_index: int, theta: torch.Tensor) -> torch.Tensor:
-        """Per-task effective weights (N, *theta.shape) for the segment's parameter."""
+        """Per-task effective weights (N, *theta.shape) for the segment's parameter, on its
+        own (the per-parameter formulation; a forward pass uses :meth:`materialize`)."""
         seg = self.segments[seg_index]
         capture = None if self.capture is None else self._view(self.capture, seg)
         return _TaskMaskedWeight.apply(

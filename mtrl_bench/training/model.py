@@ -24,7 +24,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from mtrl_bench.suites import ACTION_DIM, OBS_DIM
-from mtrl_bench.training.masking import MaskSegment, TaskMasks, build_segments
+from mtrl_bench.training.masking import MaskSegment, MaterializedMasks, TaskMasks, build_segments
+
+#: what a masked layer reads: the masks, or every task's weights materialised from them
+LayerMasks = TaskMasks | MaterializedMasks
 
 
 @gin.configurable
@@ -74,7 +77,7 @@ class MaskableLinear(nn.Linear):
     seg_weight: int | None = None  # index into PromptDT.mask_segments; None = not masked
     seg_bias: int | None = None
 
-    def forward(self, x: torch.Tensor, masks: TaskMasks | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, masks: LayerMasks | None = None) -> torch.Tensor:
         if masks is None or self.seg_weight is None:
             return F.linear(x, self.weight, self.bias)
         n = x.shape[0]
@@ -88,7 +91,7 @@ class MaskableLayerNorm(nn.LayerNorm):
     seg_weight: int | None = None
     seg_bias: int | None = None
 
-    def forward(self, x: torch.Tensor, masks: TaskMasks | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, masks: LayerMasks | None = None) -> torch.Tensor:
         if masks is None or self.seg_weight is None:
             return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
         n = x.shape[0]
@@ -118,7 +121,7 @@ class Block(nn.Module):
         self.dropout = cfg.dropout
         self.resid_drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, attn_bias, masks: TaskMasks | None, query: int | None = None,
+    def forward(self, x, attn_bias, masks: LayerMasks | None, query: int | None = None,
                 film: torch.Tensor | None = None):
         """x: (N, B, L, d); attn_bias: (N*B, 1, L, L) additive (0 / -inf). With ``query``,
         only that position's output is computed, (N, B, 1, d): keys and values still come
@@ -255,6 +258,8 @@ class PromptDT(nn.Module):
         ``last_only`` only the last step's, (N, B, 1, act_dim), which is all acting needs:
         the last block then computes one query per sequence instead of all of them."""
         n, b, k, _ = states.shape
+        if masks is not None:  # every task's masked weights of every block, built at once
+            masks = masks.materialize([p for _, p in self.maskable_parameters()])
         main = self.embed_ln(self._tokens(states, actions, returns_to_go, timesteps, False))
         key_mask = attention_mask.repeat_interleave(3, dim=-1)
         if self.cfg.prompted:
