@@ -13,7 +13,7 @@ import re
 
 from mtrl_bench.errors import UserError
 
-# HarmoDT config/MetaWorld/task.json order (reference/harmodt-reference.md), -v2 -> -v3.
+# HarmoDT config/MetaWorld/task.json order (github.com/charleshsc/HarmoDT), -v2 -> -v3.
 MT50 = [
     f"{name}-v3"
     for name in (

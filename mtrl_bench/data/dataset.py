@@ -12,7 +12,7 @@ both in the name (different settings never collide) and in ``meta`` (checked on 
 library versions are recorded, not enforced). How files are made:
 :mod:`mtrl_bench.data.generation`; the paper's own layout: :mod:`mtrl_bench.data.external`.
 
-Qualities (SPEC "Datasets"): ``near-optimal`` with ``N`` episodes is the whole ``N``-episode
+Qualities (README "Datasets"): ``near-optimal`` with ``N`` episodes is the whole ``N``-episode
 ladder of :mod:`mtrl_bench.data.generation`; ``sub-optimal`` with ``N`` episodes is the noisier
 first half of a ``2N``-episode ladder, bit-identical to the first half of that dataset (the
 paper's sub-optimal data is the first half of each near-optimal replay buffer).

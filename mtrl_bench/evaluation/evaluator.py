@@ -1,6 +1,6 @@
 """Fast, exact evaluation: every task x goal rolled out at once, one policy forward per step.
 
-Protocol (SPEC "Training and evaluation protocol"): each task on ``num_goals`` goal
+Protocol (README "Evaluation"): each task on ``num_goals`` goal
 variations (goal ``g`` = ``suites.make_env(task, g)``), one episode each of ``max_steps``
 (500) steps; an episode succeeds if ``info["success"]`` is ever reported (as Meta-World's own
 evaluator counts it); per task the success rate and the mean return.

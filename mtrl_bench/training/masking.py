@@ -1,6 +1,6 @@
 """Per-task parameter masks applied inside one batched forward/backward for all tasks.
 
-Semantics (SPEC, "Masking semantics"): for task i with mask M_i in [0, 1],
+Semantics (README "Masking semantics"): for task i with mask M_i in [0, 1],
 
 * forward uses the effective weights W_i = theta * 1[M_i == 1] (the binary part), and
 * backward sends d L_i / d W_i, multiplied by M_i, back to the shared theta.
