@@ -14,12 +14,11 @@ g_i is task i's gradient w.r.t. its effective weights θ ⊙ M_i, captured in th
 step's own backward pass, and ḡ is the mean of those g_i over all tasks. Deliberate
 differences from the reference code (github.com/charleshsc/HarmoDT; README "Deviations
 from the papers"): the reference draws a separate batch of 8 per task for the update,
-clips each g_i to norm 0.25 and multiplies it by M_i before scoring, so its ḡ on an entry averages only the tasks that use
-it. Multiplying by M_i makes ḡ ⊙ g_i zero on every inactive entry, so the reference's
-regrowth picks among ties; the unclipped, unmasked g_i used here ranks inactive entries by
-how much the task wants them back (as RigL does). The reference also overwrites the first
-task's g_i with ḡ (a bug, not copied).
-"""
+clips each g_i to norm 0.25 and multiplies it by M_i before scoring, so its ḡ on an entry
+averages only the tasks that use it. Multiplying by M_i makes ḡ ⊙ g_i zero on every
+inactive entry, so the reference's regrowth picks among ties; the unclipped, unmasked g_i
+used here ranks inactive entries by how much the task wants them back (as RigL does). The
+reference also overwrites the first task's g_i with ḡ (a bug, not copied). """
 
 from __future__ import annotations
 
