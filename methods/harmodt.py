@@ -18,7 +18,8 @@ clips each g_i to norm 0.25 and multiplies it by M_i before scoring, so its ḡ 
 averages only the tasks that use it. Multiplying by M_i makes ḡ ⊙ g_i zero on every
 inactive entry, so the reference's regrowth picks among ties; the unclipped, unmasked g_i
 used here ranks inactive entries by how much the task wants them back (as RigL does). The
-reference also overwrites the first task's g_i with ḡ (a bug, not copied). """
+reference also overwrites the first task's g_i with ḡ (a bug, not copied).
+"""
 
 from __future__ import annotations
 
