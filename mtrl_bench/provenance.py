@@ -8,11 +8,20 @@ from importlib import metadata
 from pathlib import Path
 
 
-def git_commit() -> str | None:
+def git_commit(where: Path | None = None) -> str | None:
+    """The commit of the code that runs (of the checkout ``where``, default this package's),
+    with "+changes" when tracked files differ from it: a run made from an edited checkout is
+    not reproducible from the commit alone."""
+    here = where or Path(__file__).parent
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here,
                              capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or None
+        commit = out.stdout.strip() or None
+        if commit is None:
+            return None
+        changes = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                 cwd=here, capture_output=True, text=True, timeout=10)
+        return commit + ("+changes" if changes.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return None
 

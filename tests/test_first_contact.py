@@ -228,3 +228,22 @@ def test_two_runs_of_one_cell_in_one_place_are_bit_identical(tmp_path):
     meta = [json.loads((p / "meta.json").read_text()) for p in (first, second)]
     assert meta[0]["numerics"] == meta[1]["numerics"] and meta[0]["streams"] == meta[1][
         "streams"]
+
+
+def test_a_run_from_an_edited_checkout_says_so_in_its_commit(tmp_path):
+    from mtrl_bench.provenance import git_commit
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                       cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", "code.py")
+    git("commit", "-q", "-m", "c")
+    clean = git_commit(tmp_path)
+    assert re.fullmatch(r"[0-9a-f]{40}", clean)
+    (tmp_path / "notes.txt").write_text("untracked files do not count\n")
+    assert git_commit(tmp_path) == clean
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_commit(tmp_path) == clean + "+changes"
