@@ -55,10 +55,6 @@ class ERKMaskMethod(Method):
 
     initial_sparsity: float = 0.2
 
-    @property
-    def uses_masks(self) -> bool:
-        return True
-
     def initial_masks(
         self, num_tasks: int, segments: list[MaskSegment], theta: torch.Tensor,
         generator: torch.Generator,

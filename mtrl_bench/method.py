@@ -246,7 +246,10 @@ class Method:
     # ----------------------------------------------------------------- masks
     @property
     def uses_masks(self) -> bool:
-        return False
+        """Whether the method owns per-task masks: inferred from its defining
+        :meth:`initial_masks` (a method that starts masks and forgot to say it uses them
+        would otherwise never have them updated)."""
+        return type(self).initial_masks is not Method.initial_masks
 
     def initial_masks(
         self, num_tasks: int, segments: list[MaskSegment], theta: torch.Tensor,

@@ -30,11 +30,7 @@ class AgreementMasks(Method):
         self.soft_value = soft_value
         self.updates = 0
 
-    @property
-    def uses_masks(self) -> bool:
-        return True
-
-    def initial_masks(self, num_tasks, segments, theta, generator):
+    def initial_masks(self, num_tasks, segments, theta, generator):  # uses_masks follows
         return torch.ones(num_tasks, segments[-1].stop, device=theta.device)
 
     def update_masks(self, ctx):
@@ -90,6 +86,13 @@ def test_a_mask_method_defined_outside_the_package_trains(tmp_path):
                     model_config=config)
     again.load_checkpoint(tmp_path / "ckpt.pt")
     assert again.method.updates == 2 and torch.equal(again.masks.soft, soft)
+
+
+def test_a_method_that_starts_masks_uses_them_without_saying_so():
+    assert build_method("test-agreement").uses_masks  # defines initial_masks only
+    assert build_method("test-agreement-hard").uses_masks  # and so does its subclass
+    assert not build_method("promptdt").uses_masks and not build_method("pcgrad").uses_masks
+    assert build_method("random-masks").uses_masks and build_method("socodt").uses_masks
 
 
 def test_duplicate_name_is_refused_loudly():
