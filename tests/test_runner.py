@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from mtrl_bench.cli import main
 from mtrl_bench.config import plan_run
@@ -60,7 +61,9 @@ def _path(dirs, method, *bindings):
 
 @pytest.mark.slow
 def test_end_to_end_run_writes_a_complete_run_directory(dirs, capsys):
+    threads = torch.get_num_threads()
     assert _cli(dirs, "--method", "socodt", "--wandb", "offline", "--threads", "1") == 0
+    assert torch.get_num_threads() == threads  # the run's threads end with the run
     path = _path(dirs, "socodt")
     assert path.parent.parent.name == "socodt" and path.name == "seed0"
     assert is_finished(path)

@@ -24,18 +24,24 @@ from mtrl_bench.runs.tracking import WandbMirror
 
 
 @contextlib.contextmanager
-def _single_thread_on_cpu(device):
-    """Evaluating on a CPU, torch's spinning threads fight the env workers for the cores
-    (measured 6x slower with 2 threads on 2 cores); the policy forward gets one thread."""
+def _torch_threads(threads: int | None):
+    """torch's intra-op threads set to ``threads`` while inside (unchanged for None), then
+    restored: a run in a process that goes on (a test, a notebook) leaves it as it was."""
     import torch
 
-    threads = torch.get_num_threads()
-    if device.type == "cpu":
-        torch.set_num_threads(1)
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
     try:
         yield
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
+
+
+def _single_thread_on_cpu(device):
+    """Evaluating on a CPU, torch's spinning threads fight the env workers for the cores
+    (measured 6x slower with 2 threads on 2 cores); the policy forward gets one thread."""
+    return _torch_threads(1 if device.type == "cpu" else None)
 
 
 class StageClock:
@@ -104,7 +110,8 @@ def run(request: RunRequest) -> Path:
                 print(f"{path}: its last holder, {lock.took_over}, is gone without releasing "
                       "it; taking over", file=sys.stderr)
             remove_temporary_files(path)  # leftovers of a killed write: nobody else is here
-            return _run_locked(plan, request)
+            with _torch_threads(request.threads):  # before any torch work: the run's threads
+                return _run_locked(plan, request)
     except OSError as err:
         where = err.filename or path
         raise UserError(f"{err.strerror or err}: {where}") from None
@@ -148,9 +155,6 @@ def _run_locked(plan: RunPlan, request: RunRequest) -> Path:
                        "or pass --force to start it over")
     started = time.perf_counter()
     clock = StageClock(meta.get("stage_seconds"))
-    if request.threads is not None:  # before any torch work: the training threads
-        torch.set_num_threads(request.threads)
-
     with clock.timing("data"):
         if plan.external is None:
             datasets = ensure_suite_dataset(
