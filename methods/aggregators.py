@@ -131,32 +131,34 @@ def _projector(norm_eps: float, reg_eps: float):
     return QuadprogProjector(norm_eps=norm_eps, reg_eps=reg_eps)
 
 
-@register_method("upgrad", role="baseline")
-class UPGrad(TorchJDAggregator):
-    """UPGrad: task gradients projected onto their dual cone, averaged (Quinton & Rey 2024)."""
+class DualConeAggregator(TorchJDAggregator):
+    """Base of the aggregators that project onto the task gradients' dual cone with
+    torchjd's quadprog projector (UPGrad, DualProj): one signature, one projector."""
+
+    torchjd_name = ""  # the torchjd.aggregation class
 
     def __init__(self, update_interval: int = 0, norm_eps: float = 1e-12,
                  reg_eps: float = 1e-4):
         super().__init__(update_interval, norm_eps=norm_eps, reg_eps=reg_eps)
 
     def make(self, num_tasks):
-        from torchjd.aggregation import UPGrad as Aggregator
+        from torchjd import aggregation
 
-        return Aggregator(projector=_projector(**self.parameters))
+        return getattr(aggregation, self.torchjd_name)(projector=_projector(**self.parameters))
+
+
+@register_method("upgrad", role="baseline")
+class UPGrad(DualConeAggregator):
+    """UPGrad: task gradients projected onto their dual cone, averaged (Quinton & Rey 2024)."""
+
+    torchjd_name = "UPGrad"
 
 
 @register_method("dualproj", role="baseline")
-class DualProj(TorchJDAggregator):
+class DualProj(DualConeAggregator):
     """DualProj: the mean gradient projected onto the task gradients' dual cone (GEM eq. 11)."""
 
-    def __init__(self, update_interval: int = 0, norm_eps: float = 1e-12,
-                 reg_eps: float = 1e-4):
-        super().__init__(update_interval, norm_eps=norm_eps, reg_eps=reg_eps)
-
-    def make(self, num_tasks):
-        from torchjd.aggregation import DualProj as Aggregator
-
-        return Aggregator(projector=_projector(**self.parameters))
+    torchjd_name = "DualProj"
 
 
 @register_method("mgda", role="baseline")
