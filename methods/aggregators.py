@@ -147,21 +147,21 @@ class DualConeAggregator(TorchJDAggregator):
         return getattr(aggregation, self.torchjd_name)(projector=_projector(**self.parameters))
 
 
-@register_method("upgrad", role="baseline")
+@register_method("upgrad", role="baseline", order=32)
 class UPGrad(DualConeAggregator):
     """UPGrad: task gradients projected onto their dual cone, averaged (Quinton & Rey 2024)."""
 
     torchjd_name = "UPGrad"
 
 
-@register_method("dualproj", role="baseline")
+@register_method("dualproj", role="baseline", order=33)
 class DualProj(DualConeAggregator):
     """DualProj: the mean gradient projected onto the task gradients' dual cone (GEM eq. 11)."""
 
     torchjd_name = "DualProj"
 
 
-@register_method("mgda", role="baseline")
+@register_method("mgda", role="baseline", order=34)
 class MGDA(TorchJDAggregator):
     """MGDA: min-norm point of the task gradients' convex hull (Désidéri 2012; Sener 2018)."""
 
@@ -174,7 +174,7 @@ class MGDA(TorchJDAggregator):
         return Aggregator(**self.parameters)
 
 
-@register_method("imtl-g", role="baseline")
+@register_method("imtl-g", role="baseline", order=35)
 class IMTLG(TorchJDAggregator):
     """IMTL-G: equal projections onto every task gradient's direction (Liu et al. 2021)."""
 
@@ -187,7 +187,7 @@ class IMTLG(TorchJDAggregator):
         return Aggregator()
 
 
-@register_method("aligned-mtl", role="baseline")
+@register_method("aligned-mtl", role="baseline", order=36)
 class AlignedMTL(TorchJDAggregator):
     """Aligned-MTL: task gradients made orthonormal, rescaled (Senushkin et al. 2023)."""
 
@@ -202,7 +202,7 @@ class AlignedMTL(TorchJDAggregator):
         return Aggregator(**self.parameters)
 
 
-@register_method("nash-mtl", role="baseline")
+@register_method("nash-mtl", role="baseline", order=37)
 class NashMTL(TorchJDAggregator):
     """Nash-MTL: task weights of the Nash bargaining solution, G·α = 1/α (Navon et al. 2022)."""
 
@@ -241,7 +241,7 @@ class NashMTL(TorchJDAggregator):
             weighting._init_optim_problem()
 
 
-@register_method("graddrop", role="baseline")
+@register_method("graddrop", role="baseline", order=38)
 class GradDrop(TorchJDAggregator):
     """GradDrop: per coordinate, keep one sign at random by its purity (Chen et al. 2020)."""
 
@@ -265,7 +265,7 @@ class GradDrop(TorchJDAggregator):
         return super().combine_gradients(ctx)
 
 
-@register_method("fairgrad", role="baseline")
+@register_method("fairgrad", role="baseline", order=39)
 class FairGrad(TorchJDAggregator):
     """FairGrad: α-fair task weights, G·w = w^(−1/α), α = 2 (Ban & Ji 2024)."""
 
@@ -281,7 +281,7 @@ class FairGrad(TorchJDAggregator):
         return Aggregator(**self.parameters)
 
 
-@register_method("config", role="baseline")
+@register_method("config", role="baseline", order=40)
 class ConFIG(TorchJDAggregator):
     """ConFIG: the direction of equal cosine to every task gradient (Liu et al. 2025)."""
 
@@ -296,7 +296,7 @@ class ConFIG(TorchJDAggregator):
         return Aggregator()
 
 
-@register_method("rlw", role="baseline")
+@register_method("rlw", role="baseline", order=41)
 class RandomLossWeighting(TorchJDAggregator):
     """Random loss weighting: weights softmax(z), z ~ N(0, I) every step (Lin et al. 2022)."""
 

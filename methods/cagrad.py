@@ -94,7 +94,7 @@ def cagrad_direction(grads: torch.Tensor, c: float, rescale: bool = True,
     return (direction / (1.0 + c * c) if rescale else direction), gap
 
 
-@register_method("cagrad", role="baseline")
+@register_method("cagrad", role="baseline", order=31)
 class CAGrad(Method):
     """CAGrad: the conflict-averse direction near the mean gradient, c = 0.4 (Liu et al. 2021)."""
 

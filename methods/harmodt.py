@@ -90,21 +90,21 @@ class HarmoDT(ERKMaskMethod):
         return {"k": k, "conflicted": counts, "recovered": counts}
 
 
-@register_method("harmodt-f", role="baseline")
+@register_method("harmodt-f", role="baseline", order=20)
 class HarmoDTFisher(HarmoDT):
     """HarmoDT-F: prune by 10·ḡ⊙g_i + g_i² (Fisher term), regrow by ḡ⊙g_i (Hu et al. 2024)."""
 
     score_term = "fisher"
 
 
-@register_method("harmodt-m", role="baseline")
+@register_method("harmodt-m", role="baseline", order=21)
 class HarmoDTMagnitude(HarmoDT):
     """HarmoDT-M: prune by 10·ḡ⊙g_i + |θ| (magnitude term), regrow by ḡ⊙g_i (Hu et al. 2024)."""
 
     score_term = "magnitude"
 
 
-@register_method("harmodt-r", role="baseline")
+@register_method("harmodt-r", role="baseline", order=22)
 class HarmoDTRandom(HarmoDT):
     """HarmoDT-R: prune by 10·ḡ⊙g_i alone, regrow by ḡ⊙g_i (Hu et al. 2024)."""
 

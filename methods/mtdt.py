@@ -3,7 +3,7 @@
 from mtrl_bench.method import Method, register_method
 
 
-@register_method("mtdt", role="baseline")
+@register_method("mtdt", role="baseline", order=11)
 class MTDT(Method):
     """MTDT: task-ID embedding instead of a prompt, no masks (He et al. 2023)."""
 

@@ -46,7 +46,7 @@ def task_orders(n: int, generator: torch.Generator) -> list[list[int]]:
     return [[j if j < i else j + 1 for j in row] for i, row in enumerate(ranks)]
 
 
-@register_method("pcgrad", role="baseline")
+@register_method("pcgrad", role="baseline", order=30)
 class PCGrad(Method):
     """PCGrad: project each task gradient off the ones it conflicts with (Yu et al. 2020)."""
 

@@ -3,6 +3,6 @@
 from mtrl_bench.method import Method, register_method
 
 
-@register_method("promptdt", role="baseline")
+@register_method("promptdt", role="baseline", order=10)
 class PromptDT(Method):
     """Prompt-DT: shared parameters for all tasks, no masks (Xu et al. 2022)."""

@@ -20,7 +20,7 @@ from .random_masks import RandomMasks
 
 
 @register_method("random-churn", role="ablation", ablation_of="socodt",
-                 components="none (random churn)")
+                 components="none (random churn)", order=72)
 class RandomChurn(RandomMasks):
     """Control: random masks whose entries churn at random, as many per update as TAMU's."""
 

@@ -17,7 +17,7 @@ from .erk import ERKMaskMethod
 
 
 @register_method("random-masks", role="ablation", ablation_of="socodt",
-                 components="none (fixed random masks)")
+                 components="none (fixed random masks)", order=70)
 class RandomMasks(ERKMaskMethod):
     """Control: SoCo-DT's initial random ERK masks per task, never updated (no TAMU)."""
 

@@ -19,7 +19,7 @@ from .random_masks import RandomMasks
 
 
 @register_method("shared-mask", role="ablation", ablation_of="socodt",
-                 components="none (one random mask for all tasks)")
+                 components="none (one random mask for all tasks)", order=71)
 class SharedMask(RandomMasks):
     """Control: one random ERK mask shared by every task, never updated (sparsity only)."""
 

@@ -166,7 +166,7 @@ def soft_mask_values(fisher: torch.Tensor) -> torch.Tensor:
     return fisher.clamp_(max=BELOW_ONE)
 
 
-@register_method("socodt", role="proposed", components="S+A+M")
+@register_method("socodt", role="proposed", components="S+A+M", order=50)
 class SoCoDT(ERKMaskMethod):
     """SoCo-DT: Fisher-weighted soft masks updated by TAMU (IQR thresholds, cosine β_t).
 
@@ -261,14 +261,14 @@ class SoCoDT(ERKMaskMethod):
         return metrics
 
 
-@register_method("socodt-hard", role="ablation", ablation_of="socodt", components="A+M")
+@register_method("socodt-hard", role="ablation", ablation_of="socodt", components="A+M", order=60)
 class SoCoDTHard(SoCoDT):
     """Table 4 "A+M": TAMU with hard masks; conflicting entries are set to 0 (no soft value)."""
 
     soft_masks = False
 
 
-@register_method("socodt-nomag", role="ablation", ablation_of="socodt", components="S+A")
+@register_method("socodt-nomag", role="ablation", ablation_of="socodt", components="S+A", order=61)
 class SoCoDTNoMag(SoCoDT):
     """Table 4 "S+A": recovery ranks suppressed entries by plain g_i⊙ḡ (no eq. 9–10 factor)."""
 
@@ -276,7 +276,7 @@ class SoCoDTNoMag(SoCoDT):
     unused_parameters = {"alpha": "it has no magnitude-sensitive harmony factor"}
 
 
-@register_method("socodt-fixed", role="ablation", ablation_of="socodt", components="S+M")
+@register_method("socodt-fixed", role="ablation", ablation_of="socodt", components="S+M", order=62)
 class SoCoDTFixed(SoCoDT):
     """Table 4 "S+M": a fixed count per update instead of the IQR thresholds.
 

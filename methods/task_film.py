@@ -13,7 +13,7 @@ from __future__ import annotations
 from mtrl_bench.method import Method, register_method
 
 
-@register_method("task-film", role="baseline")
+@register_method("task-film", role="baseline", order=12)
 class TaskFiLM(Method):
     """Control: Prompt-DT + per-task scale and shift after every block's layer norms."""
 

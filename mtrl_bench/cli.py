@@ -381,6 +381,33 @@ def plot_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def configure_upgrade_records(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--results-dir", default=None,
+                        help="results root (default $MTRL_BENCH_RESULTS_DIR or "
+                             "~/.local/share/mtrl-bench/results)")
+    parser.add_argument("--runs", type=Path, default=None,
+                        help="folder of run directories (default: <results-dir>/runs)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="list what would be added, change nothing")
+
+
+def upgrade_records_command(args: argparse.Namespace) -> int:
+    from mtrl_bench.runs.rundir import results_dir
+    from mtrl_bench.runs.upgrade import upgrade_records
+
+    runs_dir = args.runs or results_dir(args.results_dir) / "runs"
+    upgrades = upgrade_records(runs_dir, dry_run=args.dry_run)
+    done = [u for u in upgrades if u.added]
+    for upgrade in upgrades:
+        if upgrade.skipped:
+            print(f"left as it is: {upgrade.path}: {upgrade.skipped}")
+    verb = "would add" if args.dry_run else "added"
+    fields = sorted({field for u in done for field in u.added})
+    print(f"{verb} {', '.join(fields) or 'nothing'} to {len(done)} run record(s) under "
+          f"{runs_dir}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- dispatch
 
 #: subcommand -> (configure, command, one-line help), in the order --help shows them
@@ -397,6 +424,9 @@ COMMANDS = {
               "paper-style tables (Markdown, CSV, LaTeX) from results/runs"),
     "plot": (configure_plot, plot_command,
              "learning curves, mask sparsity, beta and conflict figures"),
+    "upgrade-records": (configure_upgrade_records, upgrade_records_command,
+                        "add what tables read to the records of runs made by an older "
+                        "mtrl-bench"),
 }
 
 

@@ -21,16 +21,14 @@ from pathlib import Path
 
 import gin
 
-from mtrl_bench.errors import UserError
-from mtrl_bench.identity import (
+from mtrl_bench.bindings import (
     binding_entries,
-    build_identity,
-    cell_id,
-    describe_difference,
     ineffective_bindings,
     parameters,
     resolve_arguments,
 )
+from mtrl_bench.errors import UserError
+from mtrl_bench.identity import RUNNER_SET, build_identity, cell_id, describe_difference
 from mtrl_bench.io import read_json
 from mtrl_bench.runs.rundir import run_dir
 from mtrl_bench.suites import MAX_EPISODE_STEPS
@@ -186,25 +184,6 @@ class _DropGinPathNotFound(logging.Filter):
         return not record.getMessage().startswith("Path not found:")
 
 
-#: per built object, the arguments the runner passes itself (and where they come from):
-#: binding them in gin would have no effect, so doing so is an error
-RUNNER_SET: dict[str, dict[str, str]] = {
-    "Trainer": {
-        "datasets": "the suite's datasets", "method": "--method (built with its own bindings)",
-        "total_steps": "from Run.budget_sequences", "batch_size": "from Run.batch_size",
-        "warmup_steps": "from Run.warmup_sequences", "device": "--device",
-        "seed": "from Run.seed / --seed", "model_config": "PromptDTConfig.*",
-    },
-    "PromptDTConfig": {"conditioning": "from the method", "num_tasks": "from the suite"},
-    "Evaluator": {
-        "tasks": "the suite", "num_goals": "from Run.eval_goals / Run.final_eval_goals",
-        "goal_indices": "goals 0..n-1, n from Run.eval_goals / Run.final_eval_goals",
-        "max_steps": "from Run.eval_max_steps",
-    },
-    "method": {"update_interval": "from Run.mask_update_every_sequences"},
-}
-
-
 def _built_objects(method: str) -> dict[str, type]:
     """Gin name -> class of every configurable a run of ``method`` constructs."""
     from mtrl_bench.evaluation.evaluator import Evaluator
@@ -297,6 +276,9 @@ class RunPlan:
     identity: dict  # see mtrl_bench.identity
     path: Path
     external: object | None = None  # data.external.ExternalSuite when the data are not generated
+    #: the method part of the identity of a plain run of the method (its files and code
+    #: defaults): recorded with the run so tables label its variants without this code
+    default_method_identity: dict | None = None
 
     @property
     def cell(self) -> str:
@@ -329,6 +311,7 @@ def plan_run(method: str, preset: str = "paper", gin_files=(), bindings=(),
     from mtrl_bench.training.trainer import resolve_device
 
     method_class = get_method_class(method)
+    default = default_method_identity(method)  # before the run's own configuration is parsed
     parse_gin(method, preset, list(gin_files), list(bindings), overrides)
     cfg = RunConfig()
     _check_run_config(cfg)
@@ -372,7 +355,7 @@ def plan_run(method: str, preset: str = "paper", gin_files=(), bindings=(),
             del identity["protocol"][f"run.{field}"]
     _check_arguments(method, tasks, arguments, generated=external is None)
     path = run_dir(results, cfg.suite, cfg.quality, method, cell_id(identity), cfg.seed)
-    return RunPlan(cfg, tasks, method, arguments, identity, path, external)
+    return RunPlan(cfg, tasks, method, arguments, identity, path, external, default)
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,9 @@ class MethodRole:
     role: str = "proposed"  # one of ROLES
     ablation_of: str | None = None  # for an ablation: the method it takes apart
     components: str | None = None  # short label of its components in the ablation table
+    #: where its rows go among those of its role (smaller first); None: after every method
+    #: that has one, by name. Recorded with each run, so tables never depend on import order
+    order: int | None = None
 
     def __post_init__(self):
         if self.role not in ROLES:
@@ -62,7 +65,7 @@ class MethodRole:
 
     def as_dict(self) -> dict:
         return {"role": self.role, "ablation_of": self.ablation_of,
-                "components": self.components}
+                "components": self.components, "order": self.order}
 
 
 def gin_name(name: str) -> str:
@@ -85,7 +88,7 @@ def _same_source(a: type, b: type) -> bool:
 
 
 def register_method(name: str, *, role: str = "proposed", ablation_of: str | None = None,
-                    components: str | None = None):
+                    components: str | None = None, order: int | None = None):
     """Class decorator adding a method under ``name``.
 
     A different class under a name already taken is an error; the same class imported again
@@ -93,16 +96,18 @@ def register_method(name: str, *, role: str = "proposed", ablation_of: str | Non
 
     ``role`` places the method in the tables without editing them: "baseline" (tested
     against), "proposed" (the default) or "ablation" (with ``ablation_of``, the method it
-    takes apart); ``components`` labels its row in the ablation table (e.g. "A+M"). The
-    role belongs to the registration, so a subclass registered under another name never
-    inherits it.
+    takes apart); ``components`` labels its row in the ablation table (e.g. "A+M");
+    ``order`` places its rows among those of its role (smaller first; methods without one
+    follow, by name). The role belongs to the registration, so a subclass registered under
+    another name never inherits it. Every run records it (meta.json "role"), and tables
+    read it from there.
 
     The method also becomes gin-configurable as :func:`gin_name` (``name``). Gin wraps a
     generated subclass, not the class itself, so a subclass registered under another name
     (an ablation) has its own bindings and never inherits its parent's.
     """
 
-    method_role = MethodRole(role, ablation_of, components)
+    method_role = MethodRole(role, ablation_of, components, order)
 
     def decorate(cls: type[Method]) -> type[Method]:
         if not (isinstance(cls, type) and issubclass(cls, Method)):
@@ -315,8 +320,8 @@ def signed_log_histogram(scores: torch.Tensor) -> dict:
 
     Conflict scores are products of gradients: they span many decades on both sides of 0,
     so linear bins put nearly everything in one bin. Bin edges follow from the record
-    (:func:`histogram_edges`); the record keeps only the span of non-empty bins. Overwrites
-    ``scores``.
+    (``mtrl_bench.runs.rundir.histogram_edges``); the record keeps only the span of
+    non-empty bins. Overwrites ``scores``.
     """
     side = (HIST_HIGH - HIST_LOW) * HIST_PER_DECADE
     negative = (scores < 0).to(torch.int8).mul_(-2).add_(1)  # -1 below 0, else +1
@@ -333,10 +338,3 @@ def signed_log_histogram(scores: torch.Tensor) -> dict:
     first, last = (nonzero[0], nonzero[-1]) if nonzero else (side, side)
     return {"scale": "signed-log10", "low": HIST_LOW, "high": HIST_HIGH,
             "per_decade": HIST_PER_DECADE, "first": first, "counts": full[first:last + 1]}
-
-
-def histogram_edges(low: int, high: int, per_decade: int) -> list[float]:
-    """All bin edges, in score units, of a :func:`signed_log_histogram` with these bounds;
-    a record's counts fill bins ``first, first + 1, ...``."""
-    magnitudes = [10.0 ** (low + k / per_decade) for k in range((high - low) * per_decade + 1)]
-    return [-m for m in reversed(magnitudes)] + magnitudes  # the zero bin sits between

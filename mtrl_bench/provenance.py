@@ -90,15 +90,6 @@ def numerics(device) -> dict:
     return record
 
 
-def numerics_summary(record: dict | None) -> str:
-    """One line naming a numerics record ("unrecorded" for runs made before they were)."""
-    if not record:
-        return "unrecorded"
-    where = record.get("gpu") or record.get("cpu_model")
-    return (f"{record['key']}: {where}, {record.get('cpu_capability')}, "
-            f"{record.get('torch_threads')} threads, torch {record.get('torch')}")
-
-
 def _cpuinfo(field: str) -> str:
     """The first value of ``field`` in /proc/cpuinfo ('' where there is none)."""
     try:

@@ -94,7 +94,9 @@ def write(root: Path, run: FakeRun) -> None:
     role = method_role(run.method)
     meta = {"method": run.method, "suite": run.suite, "tasks": run.tasks, "quality": run.quality,
             "seed": run.seed, "status": run.status, "cell": cell_id(run.identity),
-            "identity": run.identity, "role": role.as_dict() if role else None}
+            "identity": run.identity, "role": role.as_dict() if role else None,
+            "default_method_identity": default_method_identity(run.method),
+            "started": f"2026-11-01T00:00:{run.seed:02d}"}
     (run.path / "meta.json").write_text(json.dumps(meta))
     (run.path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in run.records))
     if run.status == "finished":

@@ -186,7 +186,7 @@ def test_a_folder_where_a_dataset_file_belongs_is_named(tmp_path):
 
 
 def test_a_killed_run_is_listed_as_stopped_not_running_forever(tmp_path):
-    from mtrl_bench.analysis.cells import load_run
+    from mtrl_bench.runs.rundir import load_run
 
     path = tmp_path / "runs" / "mt5" / "near-optimal" / "promptdt" / "abc" / "seed0"
     path.mkdir(parents=True)

@@ -10,7 +10,7 @@ from synthetic_runs import build, main_runs
 
 from mtrl_bench.analysis import plots
 from mtrl_bench.cli import main
-from mtrl_bench.method import histogram_edges
+from mtrl_bench.runs.rundir import histogram_edges
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

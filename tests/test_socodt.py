@@ -240,7 +240,8 @@ def test_update_masks_planted_conflicts_and_recovers_planted_harmony():
 
 def test_conflict_histogram_bins_scores_in_score_units():
     """The logged histogram counts each score in the signed log10 bin that holds it."""
-    from mtrl_bench.method import histogram_edges, signed_log_histogram
+    from mtrl_bench.method import signed_log_histogram
+    from mtrl_bench.runs.rundir import histogram_edges
 
     rng = np.random.default_rng(0)
     values = rng.choice([-1.0, 1.0], 5000) * 10.0 ** rng.uniform(-25, 3, 5000)

@@ -10,101 +10,12 @@ by what differs.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 
 from mtrl_bench.identity import cell_id, differences, format_value, protocol_id, variant_id
-from mtrl_bench.io import read_json
-from mtrl_bench.provenance import numerics_summary
-from mtrl_bench.runs.rundir import SEED_DIR, lock_holder
-
-
-@dataclass
-class RunRecord:
-    """One run directory as found on disk; ``results`` is final.json when finished."""
-
-    path: Path
-    method: str
-    suite: str
-    quality: str
-    seed: int | None
-    #: finished | running | stopped (said running, nobody holds the lock) | another meta.json
-    #: status | incomplete | unreadable
-    status: str
-    reason: str = ""
-    results: dict | None = None
-    tasks: list[str] = field(default_factory=list)
-    identity: dict | None = None
-    role: dict | None = None  # meta.json "role", used when the method is not registered here
-    #: meta.json "numerics" (machine, threads, library builds; None: made before it was
-    #: recorded) and the keys of every numerics it ran under (more than one if resumed
-    #: elsewhere)
-    numerics: dict | None = None
-    numerics_keys: tuple[str, ...] = ("unrecorded",)
-    #: meta.json "streams": digests of what the seed fixed (initial weights, batch stream,
-    #: initial masks); None for runs made before they were recorded
-    streams: dict | None = None
-
-    def label(self) -> str:
-        seed = "?" if self.seed is None else self.seed
-        return f"{self.method} {self.suite} {self.quality} seed{seed}"
-
-
-def load_run(path: Path) -> RunRecord:
-    suite_dir, quality, method = path.parts[-5:-2]
-    seed_text = path.name.removeprefix("seed")
-    run = RunRecord(path, method, suite_dir, quality,
-                    int(seed_text) if seed_text.isdigit() else None, "unreadable")
-    try:
-        meta = read_json(path / "meta.json")
-        run.method = str(meta.get("method", method))
-        run.suite = str(meta.get("suite", suite_dir))
-        run.quality = str(meta.get("quality", quality))
-        run.seed = int(meta.get("seed", run.seed))
-        run.tasks = [str(task) for task in meta.get("tasks", [])]
-        run.identity = meta.get("identity")
-        run.role = meta.get("role")
-        run.numerics = meta.get("numerics")
-        run.streams = meta.get("streams")
-        if run.numerics:
-            run.numerics_keys = tuple(meta.get("numerics_mixed") or [run.numerics["key"]])
-    except (OSError, ValueError, TypeError, AttributeError) as err:
-        run.reason = f"meta.json unreadable ({type(err).__name__})"
-        return run
-    if meta.get("status") != "finished":
-        run.status = str(meta.get("status") or "running")
-        if run.status == "running" and lock_holder(path) is None:
-            run.status = "stopped"
-            run.reason = ("meta.json says running but no process holds its lock: killed or "
-                          "crashed; the same command resumes it")
-        return run
-    if not (path / "final.json").exists():
-        run.status, run.reason = "incomplete", "final.json missing"
-        return run
-    try:
-        run.results = read_json(path / "final.json")
-    except (OSError, ValueError) as err:
-        run.reason = f"final.json unreadable ({type(err).__name__})"
-        return run
-    run.status = "finished"
-    return run
-
-
-def scan_runs(runs_dir: Path) -> list[RunRecord]:
-    """Every run directory under ``runs_dir`` (suite/quality/method/cell/seedN), any status,
-    and those of the layout before run identities (suite/quality/method/seedN), which
-    can only be listed as left out."""
-    def seed_dirs(pattern: str) -> list[Path]:
-        return [p for p in sorted(Path(runs_dir).glob(pattern))
-                if p.is_dir() and SEED_DIR.fullmatch(p.name)]  # not seed0.bak, seed0-old, ...
-
-    legacy = [RunRecord(p, p.parts[-2], p.parts[-4], p.parts[-3], int(p.name[4:]), "legacy",
-                        "a run directory of the layout before run identities; rerun it")
-              for p in seed_dirs("*/*/*/seed*")]
-    return [load_run(p) for p in seed_dirs("*/*/*/*/seed*")] + legacy
-
+from mtrl_bench.runs.rundir import RunRecord, numerics_summary
 
 # ------------------------------------------------------------------ cells
 
@@ -130,6 +41,7 @@ class Row:
     role: str = "proposed"
     ablation_of: str | None = None
     components: str | None = None
+    order: int | None = None  # within its role (registration's ``order``; None: after those)
 
 
 @dataclass
@@ -163,15 +75,21 @@ def _difference_label(base: dict, other: dict, limit: int = 2) -> tuple[str, boo
     return ", ".join(shown), len(keys) > limit
 
 
-def _row_labels(method: str, groups: dict[str, list[RunRecord]]) -> dict[str, str]:
-    """Label per variant id. The variant a plain ``run --method M`` makes today (its gin
-    file and code defaults) is labelled ``M``; every other one ``M [what differs]``, with
-    its id where the difference is cut short. For a method not registered here, the
-    variant with the most runs stands in for the default."""
-    from mtrl_bench.config import default_method_identity
+def _recorded_default(groups: dict[str, list[RunRecord]]) -> dict | None:
+    """The default variant of a method as its newest run that records one says (meta.json
+    "default_method_identity": what a plain ``run --method M`` made when that run was made);
+    None when no run records it."""
+    runs = [run for members in groups.values() for run in members if run.default_identity]
+    return max(runs, key=lambda run: run.started).default_identity if runs else None
 
+
+def _row_labels(method: str, groups: dict[str, list[RunRecord]]) -> dict[str, str]:
+    """Label per variant id. The variant a plain ``run --method M`` made (as the runs record
+    it, :func:`_recorded_default`) is labelled ``M``; every other one ``M [what differs]``,
+    with its id where the difference is cut short. Where no run records the default, the
+    variant with the most runs stands in for it."""
     identities = {g: members[0].identity["method"] for g, members in groups.items()}
-    default = default_method_identity(method)
+    default = _recorded_default(groups)
     if default is None:
         default = identities[_majority(groups, key=lambda g: g)]
     labels = {}
@@ -186,12 +104,9 @@ def _row_labels(method: str, groups: dict[str, list[RunRecord]]) -> dict[str, st
 
 
 def _role(run: RunRecord) -> dict:
-    from mtrl_bench.method import method_role
-
-    registered = method_role(run.method)
-    if registered is not None:
-        return registered.as_dict()
-    return {"role": "proposed", "ablation_of": None, "components": None, **(run.role or {})}
+    """The role the run records (meta.json "role"); a run without one is "proposed"."""
+    return {"role": "proposed", "ablation_of": None, "components": None, "order": None,
+            **(run.role or {})}
 
 
 def run_scores(run: RunRecord, metric: str) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -275,7 +190,7 @@ def group_cells(runs: list[RunRecord], metric: str = "final",
         role = _role(next(iter(groups.values()))[0])
         for group, label in _row_labels(method, groups).items():
             rows[(method, group)] = Row(method, group, label, role["role"],
-                                        role.get("ablation_of"), role.get("components"))
+                                        role["ablation_of"], role["components"], role["order"])
 
     cells = []
     for members in by_cell.values():
@@ -347,17 +262,12 @@ def column_key(column: Column):
     return suite_key(column.suite), quality_key(column.quality), column.label
 
 
-def method_key(name: str):
-    """Registration order (baselines first, as methods/__init__.py imports them), then
-    unregistered names alphabetically."""
-    from mtrl_bench.method import registered_methods
-
-    order = list(registered_methods())
-    return (order.index(name), "") if name in order else (len(order), name)
-
-
 def row_key(row: Row):
+    """Role (baselines, proposed, ablations), then the order the method was registered
+    with (as its runs record it), methods without one after those by name, then the
+    method's default variant before the others."""
     role = ROLE_ORDER.index(row.role) if row.role in ROLE_ORDER else len(ROLE_ORDER)
-    return role, method_key(row.method), "[" in row.label, row.label
+    order = (0, row.order, row.method) if row.order is not None else (1, 0, row.method)
+    return role, order, "[" in row.label, row.label
 
 

@@ -40,14 +40,12 @@ from mtrl_bench.analysis.cells import (
     column_key,
     group_cells,
     row_key,
-    scan_runs,
     suite_label,
 )
 from mtrl_bench.errors import UserError
-from mtrl_bench.identity import flatten, format_value
+from mtrl_bench.identity import RUNNER_SET, SECTIONS, flatten, format_value
 from mtrl_bench.io import atomic_write, atomic_write_text, read_json
-from mtrl_bench.method import histogram_edges
-from mtrl_bench.runs.rundir import MetricsLog
+from mtrl_bench.runs.rundir import MetricsLog, histogram_edges, scan_runs
 
 Series = list[tuple[Cell, list[list[dict]]]]  # cells of one column with each run's records
 
@@ -469,9 +467,6 @@ def _numeric(values: list) -> bool:
 def _derived_keys() -> set[str]:
     """Identity keys the runner derives from others (steps from budgets, goal counts...):
     they change along with a setting and are not settings of their own."""
-    from mtrl_bench.config import RUNNER_SET
-    from mtrl_bench.identity import SECTIONS
-
     return {f"{SECTIONS.get(owner, owner)}.{param}" for owner, params in RUNNER_SET.items()
             for param in params} | {"dataset.tasks"}
 

@@ -38,13 +38,11 @@ from mtrl_bench.analysis.cells import (
     Cell,
     Column,
     Row,
-    RunRecord,
     column_key,
     group_cells,
     numerics_notes,
     row_key,
     run_scores,
-    scan_runs,
     unusable_reason,
 )
 from mtrl_bench.analysis.render import (
@@ -61,7 +59,7 @@ from mtrl_bench.analysis.render import (
 from mtrl_bench.errors import UserError
 from mtrl_bench.identity import differences
 from mtrl_bench.io import atomic_write_text
-from mtrl_bench.runs.rundir import MetricsLog
+from mtrl_bench.runs.rundir import MetricsLog, RunRecord, scan_runs
 
 ALPHA = 0.05
 DEFAULT_MIN_SEEDS = 5
@@ -407,26 +405,17 @@ def table1(grid: Grid, options: TableOptions):
 
 
 def _ablation_groups(grid: Grid) -> list[tuple[str, list[Row]]]:
-    """(proposed method, its ablation rows then its own rows) for every proposed method with
-    registered ablations; ablations without runs are included as empty rows."""
-    from mtrl_bench.method import method_role, registered_methods
-
+    """(proposed method, its ablation rows then its own rows) for every proposed method whose
+    ablations have runs (as the runs' records name them)."""
     groups = []
     proposed = [r.method for r in grid.rows if r.role == "proposed"]
     proposed += [r.ablation_of for r in grid.rows if r.role == "ablation"]
     for method in dict.fromkeys(proposed):
         members = [r for r in grid.rows if r.role == "ablation" and r.ablation_of == method]
-        present = {r.method for r in members}
-        for name in registered_methods():
-            role = method_role(name)
-            if role.ablation_of == method and name not in present:
-                members.append(Row(name, "", name, role.role, role.ablation_of, role.components))
         if members:
             own = [r for r in grid.rows if r.method == method]
             if not own:  # ablations without their method: its row shows as missing
-                role = method_role(method)
-                own = [Row(method, "", method, "proposed", None,
-                           role.components if role else None)]
+                own = [Row(method, "", method, "proposed")]
             groups.append((method, sorted(members, key=row_key) + own))
     return groups
 

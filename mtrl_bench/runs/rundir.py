@@ -1,5 +1,6 @@
-"""Run directories: where a run writes (layout, lock, metrics log); reading them back and
-grouping them into cells is :mod:`mtrl_bench.analysis.cells`.
+"""Run directories, the run record: where a run writes (layout, lock, metrics log) and how
+one is read back (:class:`RunRecord`). The one module that knows the layout; grouping runs
+into cells is :mod:`mtrl_bench.analysis.cells`, which reads runs only through this module.
 
 ``<results>/runs/<suite>/<quality>/<method>/<cell>/seed<N>/`` (':' in a suite name becomes
 '_'; ``<cell>`` is the hash of the run's identity, :mod:`mtrl_bench.identity`) holds
@@ -16,6 +17,7 @@ import os
 import re
 import socket
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mtrl_bench.errors import RunLocked, UserError
@@ -39,11 +41,22 @@ def results_dir(path: str | os.PathLike | None = None) -> Path:
     return Path(path).expanduser() if path else default_results_dir()
 
 
+#: below ``<results>/runs``: suite/quality/method/cell/seedN, and the layout before run
+#: identities (suite/quality/method/seedN), whose runs can only be listed as left out
+RUN_PATTERN, LEGACY_PATTERN = "*/*/*/*/seed*", "*/*/*/seed*"
+
+
 def run_dir(results: str | os.PathLike | None, suite: str, quality: str, method: str,
             cell: str, seed: int) -> Path:
     """``<results>/runs/<suite>/<quality>/<method>/<cell>/seed<N>``: a cell is one identity."""
     suite_dir = suite.replace(":", "_")
     return results_dir(results) / "runs" / suite_dir / quality / method / cell / f"seed{seed}"
+
+
+def _layout_names(path: Path) -> tuple[str, str, str]:
+    """(suite folder, quality, method) named by the path of a run directory (:func:`run_dir`)."""
+    suite_dir, quality, method = path.parts[-5:-2]
+    return suite_dir, quality, method
 
 
 def is_finished(path: Path) -> bool:
@@ -213,3 +226,118 @@ class MetricsLog:
             if kind is None or record.get("kind") == kind:
                 out.append(record)
         return out
+
+
+# ------------------------------------------------------------------ reading runs back
+
+
+@dataclass
+class RunRecord:
+    """One run directory as found on disk; ``results`` is final.json when finished."""
+
+    path: Path
+    method: str
+    suite: str
+    quality: str
+    seed: int | None
+    #: finished | running | stopped (said running, nobody holds the lock) | another meta.json
+    #: status | incomplete | unreadable
+    status: str
+    reason: str = ""
+    results: dict | None = None
+    tasks: list[str] = field(default_factory=list)
+    identity: dict | None = None
+    #: meta.json "role": role, ablation_of, components and order (the row order key), as
+    #: the method was registered when the run was made
+    role: dict | None = None
+    #: meta.json "default_method_identity": the method part of the identity a plain run of
+    #: the method had when this run was made (a row is labelled by how it differs from it)
+    default_identity: dict | None = None
+    started: str = ""  # meta.json "started" (ISO time)
+    #: meta.json "numerics" (machine, threads, library builds; None: made before it was
+    #: recorded) and the keys of every numerics it ran under (more than one if resumed
+    #: elsewhere)
+    numerics: dict | None = None
+    numerics_keys: tuple[str, ...] = ("unrecorded",)
+    #: meta.json "streams": digests of what the seed fixed (initial weights, batch stream,
+    #: initial masks); None for runs made before they were recorded
+    streams: dict | None = None
+
+    def label(self) -> str:
+        seed = "?" if self.seed is None else self.seed
+        return f"{self.method} {self.suite} {self.quality} seed{seed}"
+
+
+def load_run(path: Path) -> RunRecord:
+    """The record of run directory ``path`` (any status)."""
+    suite_dir, quality, method = _layout_names(path)
+    seed_text = path.name.removeprefix("seed")
+    run = RunRecord(path, method, suite_dir, quality,
+                    int(seed_text) if seed_text.isdigit() else None, "unreadable")
+    try:
+        meta = read_json(path / "meta.json")
+        run.method = str(meta.get("method", method))
+        run.suite = str(meta.get("suite", suite_dir))
+        run.quality = str(meta.get("quality", quality))
+        run.seed = int(meta.get("seed", run.seed))
+        run.tasks = [str(task) for task in meta.get("tasks", [])]
+        run.identity = meta.get("identity")
+        run.role = meta.get("role")
+        run.default_identity = meta.get("default_method_identity")
+        run.started = str(meta.get("started") or "")
+        run.numerics = meta.get("numerics")
+        run.streams = meta.get("streams")
+        if run.numerics:
+            run.numerics_keys = tuple(meta.get("numerics_mixed") or [run.numerics["key"]])
+    except (OSError, ValueError, TypeError, AttributeError) as err:
+        run.reason = f"meta.json unreadable ({type(err).__name__})"
+        return run
+    if meta.get("status") != "finished":
+        run.status = str(meta.get("status") or "running")
+        if run.status == "running" and lock_holder(path) is None:
+            run.status = "stopped"
+            run.reason = ("meta.json says running but no process holds its lock: killed or "
+                          "crashed; the same command resumes it")
+        return run
+    if not (path / "final.json").exists():
+        run.status, run.reason = "incomplete", "final.json missing"
+        return run
+    try:
+        run.results = read_json(path / "final.json")
+    except (OSError, ValueError) as err:
+        run.reason = f"final.json unreadable ({type(err).__name__})"
+        return run
+    run.status = "finished"
+    return run
+
+
+def scan_runs(runs_dir: Path) -> list[RunRecord]:
+    """Every run directory under ``runs_dir`` (suite/quality/method/cell/seedN), any status,
+    and those of the layout before run identities (suite/quality/method/seedN), which
+    can only be listed as left out."""
+    def seed_dirs(pattern: str) -> list[Path]:
+        return [p for p in sorted(Path(runs_dir).glob(pattern))
+                if p.is_dir() and SEED_DIR.fullmatch(p.name)]  # not seed0.bak, seed0-old, ...
+
+    legacy = [RunRecord(p, p.parts[-2], p.parts[-4], p.parts[-3], int(p.name[4:]), "legacy",
+                        "a run directory of the layout before run identities; rerun it")
+              for p in seed_dirs(LEGACY_PATTERN)]
+    return [load_run(p) for p in seed_dirs(RUN_PATTERN)] + legacy
+
+
+def numerics_summary(record: dict | None) -> str:
+    """One line naming a meta.json "numerics" record ("unrecorded" for runs made before
+    they were)."""
+    if not record:
+        return "unrecorded"
+    where = record.get("gpu") or record.get("cpu_model")
+    return (f"{record['key']}: {where}, {record.get('cpu_capability')}, "
+            f"{record.get('torch_threads')} threads, torch {record.get('torch')}")
+
+
+def histogram_edges(low: int, high: int, per_decade: int) -> list[float]:
+    """All bin edges, in score units, of a signed-log10 histogram record with these bounds
+    (``mtrl_bench.method.signed_log_histogram``); its counts fill bins ``first, first + 1,
+    ...``."""
+    magnitudes = [10.0 ** (low + k / per_decade) for k in range((high - low) * per_decade + 1)]
+    return [-m for m in reversed(magnitudes)] + magnitudes  # the zero bin sits between

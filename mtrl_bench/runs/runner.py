@@ -18,8 +18,14 @@ from mtrl_bench.io import (
     read_json,
     remove_temporary_files,
 )
-from mtrl_bench.provenance import device_name, git_commit, numerics, numerics_summary, versions
-from mtrl_bench.runs.rundir import MetricsLog, RunLock, is_finished, tracked_by_git
+from mtrl_bench.provenance import device_name, git_commit, numerics, versions
+from mtrl_bench.runs.rundir import (
+    MetricsLog,
+    RunLock,
+    is_finished,
+    numerics_summary,
+    tracked_by_git,
+)
 from mtrl_bench.runs.tracking import WandbMirror
 
 
@@ -201,6 +207,7 @@ def _run_locked(plan: RunPlan, request: RunRequest) -> Path:
         "cell": plan.cell, "identity": plan.identity, "arguments": args,
         "streams": trainer.streams,
         "role": method_role(method).as_dict(),
+        "default_method_identity": plan.default_method_identity,
     })
     earlier_wall = meta.get("wall_time_s", 0.0)  # sessions before a resume, to their checkpoint
     atomic_write_json(meta_path, meta)
