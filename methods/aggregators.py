@@ -137,6 +137,12 @@ class DualConeAggregator(TorchJDAggregator):
 
     torchjd_name = ""  # the torchjd.aggregation class
 
+    # The dual-cone projector's numerical safeguards. The Gram matrix G is divided by its trace
+    # (sum of squared task-gradient norms) unless the trace is below norm_eps, in which case
+    # torchjd replaces G by 0 and the update silently becomes the mean. torchjd's default 1e-4
+    # is an absolute threshold on the gradients' scale (task gradients of norm < 0.0045 each
+    # on MT5); UPGrad itself is scale-invariant, so norm_eps = 1e-12 here only guards a zero
+    # gradient. reg_eps (added to the diagonal of the normalised G) is torchjd's default.
     def __init__(self, update_interval: int = 0, norm_eps: float = 1e-12,
                  reg_eps: float = 1e-4):
         super().__init__(update_interval, norm_eps=norm_eps, reg_eps=reg_eps)
@@ -165,6 +171,8 @@ class DualProj(DualConeAggregator):
 class MGDA(TorchJDAggregator):
     """MGDA: min-norm point of the task gradients' convex hull (Désidéri 2012; Sener 2018)."""
 
+    # Frank-Wolfe stops when its step size falls below epsilon or after max_iters iterations
+    # (torchjd's defaults; Sener & Koltun's code uses 250 iterations and 1e-5, a finer solve).
     def __init__(self, update_interval: int = 0, epsilon: float = 1e-3, max_iters: int = 100):
         super().__init__(update_interval, epsilon=epsilon, max_iters=max_iters)
 
@@ -191,6 +199,9 @@ class IMTLG(TorchJDAggregator):
 class AlignedMTL(TorchJDAggregator):
     """Aligned-MTL: task gradients made orthonormal, rescaled (Senushkin et al. 2023)."""
 
+    # The rescaling: "min" = the smallest non-zero eigenvalue (the paper's Algorithm 1 and
+    # torchjd's default); the authors' code used "rmse" (the mean eigenvalue), also accepted,
+    # as is "median".
     def __init__(self, update_interval: int = 0, scale_mode: str = "min"):
         if scale_mode not in ("min", "median", "rmse"):
             raise ValueError(f"scale_mode must be 'min', 'median' or 'rmse', got {scale_mode!r}")
@@ -209,6 +220,9 @@ class NashMTL(TorchJDAggregator):
     sum_like = True
     extra = "nash-mtl"
 
+    # The authors' defaults (their code's arguments): the update's norm is capped at max_norm
+    # (0 = no cap) before the division by N; weights re-solved every update_weights_every
+    # steps, with at most optim_niter convex solves each.
     def __init__(self, update_interval: int = 0, max_norm: float = 1.0,
                  update_weights_every: int = 1, optim_niter: int = 20):
         super().__init__(update_interval, max_norm=max_norm,
@@ -247,6 +261,8 @@ class GradDrop(TorchJDAggregator):
 
     sum_like = True
 
+    # leak: the share of each task's gradient that always passes (0 = pure GradDrop, the
+    # paper's main setting).
     def __init__(self, update_interval: int = 0, leak: float = 0.0):
         if not 0.0 <= leak <= 1.0:
             raise ValueError(f"leak must be in [0, 1], got {leak}")
@@ -271,6 +287,9 @@ class FairGrad(TorchJDAggregator):
 
     sum_like = True
 
+    # alpha = 2.0: the authors' Meta-World MT10 script (fairgrad_alpha=2.0); 1 gives
+    # proportional fairness (Nash-MTL's fixed point), 0 the mean.
+    # None: least_squares' own limit (100 x N evaluations).
     def __init__(self, update_interval: int = 0, alpha: float = 2.0,
                  max_iters: int | None = None):
         super().__init__(update_interval, alpha=alpha, max_iters=max_iters)

@@ -13,8 +13,14 @@ import math
 
 import torch
 
+from mtrl_bench.errors import UserError
 from mtrl_bench.method import Method
 from mtrl_bench.training.masking import MaskSegment
+
+#: the initial sparsity of every method that starts from ERK masks: HarmoDT's random ERK
+#: masks per task at sparsity 0.2 (its code), SoCo-DT's Fig. 5 ("initial sparsity = 0.2");
+#: the controls (random-masks, shared-mask, random-churn) take the same, to compare alike
+ERK_SPARSITY = 0.2
 
 
 def erk_densities(segments: list[MaskSegment], sparsity: float) -> list[float]:
@@ -51,9 +57,15 @@ def erk_random_masks(
 
 class ERKMaskMethod(Method):
     """Base for methods that start from an independent random ERK mask per task at
-    ``initial_sparsity`` (HarmoDT, SoCo-DT)."""
+    ``initial_sparsity`` (HarmoDT, SoCo-DT); each declares the parameter in its own
+    signature with :data:`ERK_SPARSITY` as its default, and this checks it."""
 
-    initial_sparsity: float = 0.2
+    def __init__(self, update_interval: int, initial_sparsity: float):
+        super().__init__(update_interval)
+        if not 0.0 <= initial_sparsity < 1.0:
+            raise UserError(
+                f"{self.name}: initial_sparsity must be in [0, 1), got {initial_sparsity}")
+        self.initial_sparsity = initial_sparsity
 
     def initial_masks(
         self, num_tasks: int, segments: list[MaskSegment], theta: torch.Tensor,

@@ -29,7 +29,7 @@ import torch
 
 from mtrl_bench.method import MaskUpdateContext, register_method
 
-from .erk import ERKMaskMethod
+from .erk import ERK_SPARSITY, ERKMaskMethod
 
 SCORE_TERMS = ("fisher", "magnitude", "none")
 
@@ -53,13 +53,17 @@ class HarmoDT(ERKMaskMethod):
 
     def __init__(
         self,
+        # the runner derives it from Run.mask_update_every_sequences (HarmoDT: every 500
+        # iterations of 8 sequences = 4000 sequences; 10 steps on MT50 at B = 8)
         update_interval: int = 10,
-        sparsity: float = 0.2,
+        # the HarmoDT code: random ERK masks per task at sparsity 0.2
+        sparsity: float = ERK_SPARSITY,
+        # the HarmoDT code: k = int(k_max - k_max/2 (1 + cos(2 pi t / T))), k_max = 100
         k_max: int = 100,
+        # the HarmoDT code: prune score 10 * (gbar * g_i) + term
         agreement_weight: float = 10.0,
     ):
-        super().__init__(update_interval)
-        self.initial_sparsity = sparsity
+        super().__init__(update_interval, sparsity)
         self.k_max = k_max
         self.agreement_weight = agreement_weight
 

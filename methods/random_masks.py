@@ -10,10 +10,9 @@ update schedule, so the mask-dynamics table shows it with zero conflicts and rec
 
 from __future__ import annotations
 
-from mtrl_bench.errors import UserError
 from mtrl_bench.method import MaskUpdateContext, register_method
 
-from .erk import ERKMaskMethod
+from .erk import ERK_SPARSITY, ERKMaskMethod
 
 
 @register_method("random-masks", role="ablation", ablation_of="socodt",
@@ -23,12 +22,8 @@ class RandomMasks(ERKMaskMethod):
 
     mask_update_needs_gradients = False  # nothing to score: no per-task gradients captured
 
-    def __init__(self, update_interval: int = 10, initial_sparsity: float = 0.2):
-        super().__init__(update_interval)
-        if not 0.0 <= initial_sparsity < 1.0:
-            raise UserError(f"random-masks: initial_sparsity must be in [0, 1), got "
-                            f"{initial_sparsity}")
-        self.initial_sparsity = initial_sparsity
+    def __init__(self, update_interval: int = 10, initial_sparsity: float = ERK_SPARSITY):
+        super().__init__(update_interval, initial_sparsity)
 
     def update_masks(self, ctx: MaskUpdateContext) -> dict[str, object]:
         zeros = [0] * ctx.masks.shape[0]

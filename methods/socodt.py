@@ -41,7 +41,7 @@ import torch
 from mtrl_bench.errors import UserError
 from mtrl_bench.method import MaskUpdateContext, register_method, signed_log_histogram
 
-from .erk import ERKMaskMethod
+from .erk import ERK_SPARSITY, ERKMaskMethod
 
 #: largest float32 below 1: the cap on soft values, so a conflicting entry never stays active
 BELOW_ONE = float(torch.nextafter(torch.tensor(1.0), torch.tensor(0.0)))
@@ -170,8 +170,11 @@ def soft_mask_values(fisher: torch.Tensor) -> torch.Tensor:
 class SoCoDT(ERKMaskMethod):
     """SoCo-DT: Fisher-weighted soft masks updated by TAMU (IQR thresholds, cosine β_t).
 
-    Defaults are the paper's Fig. 5 values (``configs/methods/socodt.gin`` cites each and
-    shares them with the ablations through SOCODT_* macros); λ (``fisher_weight``) is ours.
+    The defaults are the paper's (Fig. 5: initial sparsity 0.2, α = 20, β_left_max = 20,
+    β_min = 5, β_right_max = 30, q1/q3 = 5%/95%; eq. 5: the log of the Fisher), except
+    λ = ``fisher_weight`` (0.1, ours: the paper gives none). They live only here: the
+    ablations inherit them, and a binding ``socodt.<parameter>`` changes the ablations too
+    (each reads its parent's bindings of its own parameters, its own bindings first).
     """
 
     #: component switches of the Table 4 ablations (fixed per registered name, not gin)
@@ -180,28 +183,38 @@ class SoCoDT(ERKMaskMethod):
 
     def __init__(
         self,
+        # Algorithm 1's interval_mask; the runner derives it from
+        # Run.mask_update_every_sequences (HarmoDT's every 500 iterations x 8 sequences)
         update_interval: int = 10,
-        initial_sparsity: float = 0.2,
+        # an independent random ERK mask per task (as HarmoDT); Fig. 5: "initial sparsity = 0.2"
+        initial_sparsity: float = ERK_SPARSITY,
+        # H = ReLU((alpha|gbar| - |g_i|)/(alpha|gbar|)), eq. 9; Fig. 5
         alpha: float = 20.0,
+        # the asymmetric cosine schedule of beta_t, eqs. 15-16; Fig. 5. The text says
+        # beta_left_max > beta_right_max ("toward the end, beta_t slightly increases"), the
+        # Fig. 5 defaults the opposite (20 < 30): we follow the stated defaults
         beta_left_max: float = 20.0,
         beta_min: float = 5.0,
         beta_right_max: float = 30.0,
+        # quantiles of the IQR thresholds, eqs. 11-14; Fig. 5
         q1: float = 0.05,
         q3: float = 0.95,
+        # lambda of eq. 8, not given in the paper. The Fisher term is rescaled to the total
+        # mass of the alignment term |g_i*gbar|, so lambda is dimensionless. 0.1 takes the
+        # ratio of HarmoDT-F's prune score 10*(gbar*g_i) + F = 10*(gbar*g_i + 0.1*F) (the
+        # HarmoDT code): the same ratio, not the same weight, since HarmoDT's F = g^2 is not
+        # rescaled and sum g^2 >= sum |g*gbar| (~6x on MT50-sized random gradients)
         fisher_weight: float = 0.1,
+        # eq. 5 uses grad log L = grad L / L; False gives HarmoDT's (g_i*M_i)^2
         log_fisher: bool = True,
     ):
-        super().__init__(update_interval)
+        super().__init__(update_interval, initial_sparsity)
         if not 0.0 <= q1 < q3 <= 1.0:
             raise UserError(f"{self.name}: need 0 <= q1 < q3 <= 1, got q1={q1}, q3={q3}")
         if alpha <= 0:
             raise UserError(f"{self.name}: alpha must be positive, got {alpha}")
         if min(beta_left_max, beta_min, beta_right_max) < 0:
             raise UserError(f"{self.name}: beta_left_max, beta_min, beta_right_max must be >= 0")
-        if not 0.0 <= initial_sparsity < 1.0:
-            raise UserError(
-                f"{self.name}: initial_sparsity must be in [0, 1), got {initial_sparsity}")
-        self.initial_sparsity = initial_sparsity
         self.alpha = alpha
         self.beta_left_max = beta_left_max
         self.beta_min = beta_min
@@ -290,6 +303,8 @@ class SoCoDTFixed(SoCoDT):
     unused_parameters = {name: "a fixed count replaces the IQR thresholds and β_t"
                          for name in ("beta_left_max", "beta_min", "beta_right_max", "q1", "q3")}
 
+    # the paper gives no count; HarmoDT swaps k entries per update with k_max = 100 on the
+    # paper model (the HarmoDT code), and a fixed count uses that maximum
     def __init__(self, swap_count: int = 100, **kwargs):
         super().__init__(**kwargs)
         if swap_count < 0:

@@ -41,14 +41,19 @@ def parameters(target) -> list[inspect.Parameter]:
 
 
 def resolve_arguments(target, gin_name: str, derived: dict | None = None,
-                      skip: tuple[str, ...] = ()) -> dict:
+                      skip: tuple[str, ...] = (), inherit: str | None = None) -> dict:
     """Every keyword argument of ``target`` as it will be passed: ``derived`` (set by the
-    runner) wins over the gin binding of ``gin_name``, which wins over the code default.
+    runner) wins over the gin binding of ``gin_name``, which wins over the binding of
+    ``inherit`` (an ablation's parent: ``socodt.alpha`` changes every ablation of socodt
+    that has ``alpha``), which wins over the code default.
 
     Parameters in ``skip`` (objects the runner passes, such as datasets) are left out.
     """
     derived = derived or {}
-    bound = gin.get_bindings(gin_name)
+    own = {p.name for p in parameters(target)}
+    bound = {k: v for k, v in (gin.get_bindings(inherit) if inherit else {}).items()
+             if k in own}
+    bound.update(gin.get_bindings(gin_name))
     resolved = {}
     for p in parameters(target):
         if p.name in skip:
@@ -131,15 +136,22 @@ _MACRO = re.compile(r"%([A-Za-z_][\w./]*)")
 
 def ineffective_bindings(before: dict[str, str], after: dict[str, str],
                          built: dict[str, set[str]], runner_set: dict[str, dict[str, str]],
-                         unused: dict[str, dict[str, str]] | None = None) -> list[str]:
+                         unused: dict[str, dict[str, str]] | None = None,
+                         inherited: dict[str, str] | None = None) -> list[str]:
     """Why each binding the user added or changed (``after`` vs ``before``, both from
     :func:`binding_entries`) would not take effect; empty when all do.
 
     ``built``: gin name -> parameters of every configurable this run constructs;
     ``runner_set``: gin name -> {parameter: what sets it instead}; ``unused``: gin name ->
-    {parameter: why the object ignores it}.
+    {parameter: why the object ignores it}; ``inherited``: gin name of a parent whose
+    bindings the run's method reads (see :func:`resolve_arguments`) -> the method's gin
+    name (the parent's entries in the other arguments are the method's).
     """
     unused = unused or {}
+    for parent, child in (inherited or {}).items():
+        built = {**built, parent: built[child]}
+        runner_set = {**runner_set, parent: runner_set.get(child, {})}
+        unused = {**unused, parent: unused.get(child, {})}
     def configurable(key: str) -> tuple[str, str, str]:
         selector, param = key.rsplit(".", 1)
         scope, _, name = selector.rpartition("/")
@@ -176,6 +188,8 @@ def ineffective_bindings(before: dict[str, str], after: dict[str, str],
         elif param in unused.get(name, {}):
             problems.append(f"{key} has no effect: {unused[name][param]}")
         elif param not in built[name]:
-            problems.append(f"{key} has no effect: {name} has no parameter {param!r}; valid: "
-                            f"{', '.join(sorted(built[name]))}")
+            reader = (f"{inherited[name]} (which reads the {name}.* bindings of its own "
+                      "parameters)" if name in (inherited or {}) else name)
+            problems.append(f"{key} has no effect: {reader} has no parameter {param!r}; "
+                            f"valid: {', '.join(sorted(built[name]))}")
     return problems

@@ -250,7 +250,7 @@ def configure_sweep(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2,...",
                         help="a gin binding or macro and its values, each value its own cell "
                              "(repeatable: the product); applied to the methods it affects, "
-                             "e.g. 'SOCODT_BETA_MIN=1,5,10'")
+                             "e.g. 'socodt.beta_min=1,5,10'")
     parser.add_argument("--executor", choices=["local", "ray"], default="local",
                         help="local: runs as processes here, --parallel at a time; ray: each "
                              "run a Ray task (pip install 'mtrl-bench[ray]')")

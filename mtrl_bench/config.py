@@ -202,6 +202,21 @@ def _runner_set(method: str) -> dict[str, dict[str, str]]:
             for owner, params in RUNNER_SET.items()}
 
 
+def _parent_gin_name(method: str) -> str | None:
+    """The gin name whose bindings an ablation also reads (its parent's), else None."""
+    from mtrl_bench.method import gin_name, method_role, registered_methods
+
+    parent = method_role(method).ablation_of
+    return gin_name(parent) if parent in registered_methods() else None
+
+
+def _inherited(method: str) -> dict[str, str]:
+    from mtrl_bench.method import gin_name
+
+    parent = _parent_gin_name(method)
+    return {parent: gin_name(method)} if parent else {}
+
+
 def _unused(method: str) -> dict[str, dict[str, str]]:
     """{gin name: {parameter: why}} of the parameters the method accepts but ignores."""
     from mtrl_bench.method import get_method_class, gin_name
@@ -223,7 +238,8 @@ def check_bindings_take_effect(method: str, before: dict[str, str],
     if isinstance(data, str) and data != "generated" and external_root(data) is not None:
         unused["Run"] = {field: f"it describes generated data; this run reads {data}"
                          for field in GENERATED_ONLY}
-    problems = ineffective_bindings(before, after, built, _runner_set(method), unused)
+    problems = ineffective_bindings(before, after, built, _runner_set(method), unused,
+                                    _inherited(method))
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise UserError(problems[0] + more)
@@ -339,7 +355,8 @@ def plan_run(method: str, preset: str = "paper", gin_files=(), bindings=(),
     skip = {"Trainer": ("datasets", "model_config"), "Evaluator": ("tasks",)}
     for name in ("PromptDTConfig", "Trainer", own, "Evaluator"):
         arguments[name] = resolve_arguments(objects[name], name, derived[name],
-                                            skip.get(name, ()))
+                                            skip.get(name, ()),
+                                            _parent_gin_name(method) if name == own else None)
     external = None
     if root is None:
         dataset = {"source": "generated", "generator_version": GENERATOR_VERSION}

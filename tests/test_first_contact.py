@@ -107,8 +107,8 @@ def test_help_texts_say_what_each_option_does_and_its_real_default():
     assert "1 some run failed" in _help("sweep")
     # dopamine's underscore spellings still work, dashed ones are the documented ones
     for flag in ("--gin_binding", "--gin-binding"):
-        args = parser.parse_args(["run", "--method", "socodt", flag, "SOCODT_ALPHA = 5.0"])
-        assert args.gin_binding == ["SOCODT_ALPHA = 5.0"]
+        args = parser.parse_args(["run", "--method", "socodt", flag, "socodt.alpha = 5.0"])
+        assert args.gin_binding == ["socodt.alpha = 5.0"]
     # README documents the exit statuses too
     for status in ("75", "`3`", "130"):
         assert status in README.split("## Usage", 1)[1].split("## Protocol", 1)[0], status

@@ -238,7 +238,7 @@ def test_a_full_disk_is_one_line_naming_the_file(tmp_path, data_dir):
     (["--gin_binding", "PromptDTConfig.n_head = 3"],
      "PromptDTConfig: n_embd=32 is not divisible by n_head=3"),
     (["--gin_binding", "Run.eval_goals = 99"], "num_goals=99 is out of range 1..50"),
-    (["--gin_binding", "SOCODT_Q1 = 0.99"], "socodt: need 0 <= q1 < q3 <= 1"),
+    (["--gin_binding", "socodt.q1 = 0.99"], "socodt: need 0 <= q1 < q3 <= 1"),
     (["--gin_binding", "PromptDTConfig.n_head = 0"], "PromptDTConfig: n_head must be >= 1"),
     (["--gin_binding", "PromptDTConfig.dropout = 2.0"], "dropout must be in [0, 1)"),
     (["--gin_binding", "Run.episode_length = 2"], "Run.episode_length=2 is shorter than"),

@@ -109,14 +109,14 @@ def test_end_to_end_run_writes_a_complete_run_directory(dirs, capsys):
     # a finished run is not redone: not by the same command, nor by one that binds a value
     # to its default, changes only how the run is carried out, or replays its config.gin
     mtime = (path / "final.json").stat().st_mtime_ns
-    for extra in ([], ["--gin_binding", "SOCODT_ALPHA = 20"],
+    for extra in ([], ["--gin_binding", "socodt.alpha = 20"],
                   ["--gin_binding", "Trainer.log_every = 7"],
                   ["--gin_file", str(path / "config.gin")]):
         assert _cli(dirs, "--method", "socodt", *extra) == 0
         assert "already finished" in capsys.readouterr().out, extra
     assert (path / "final.json").stat().st_mtime_ns == mtime
     # another setting is another run, in its own directory
-    other = _path(dirs, "socodt", "SOCODT_ALPHA = 5.0")
+    other = _path(dirs, "socodt", "socodt.alpha = 5.0")
     assert other.parent != path.parent and other.parent.parent == path.parent.parent
     assert not other.exists()
 
@@ -127,7 +127,7 @@ def test_end_to_end_run_writes_a_complete_run_directory(dirs, capsys):
     ("socodt.update_interval = 2", "socodt.update_interval has no effect: the runner sets it"),
     ("Evaluator.num_goals = 10", "Evaluator.num_goals has no effect: the runner sets it"),
     ("harmodt_f.k_max = 3", "harmodt_f.k_max has no effect: this run builds only"),
-    ("SOCODT_ALHPA = 3.0", "SOCODT_ALHPA has no effect: no parameter of this run reads it"),
+    ("SOCODT_ALPHA = 3.0", "SOCODT_ALPHA has no effect: no parameter of this run reads it"),
     ("train/Trainer.learning_rate = 1.0", "runs enter no gin scope"),
     ("socodt_fixed.swap_count = 3", "socodt_fixed.swap_count has no effect"),
     ("socodt.log_fisher = 1", "socodt.log_fisher must be bool, got 1"),
@@ -154,11 +154,11 @@ def test_parameters_a_method_ignores_are_refused_and_not_part_of_its_identity(di
 def test_identity_is_by_value():
     """Equal values, one identity: explicit defaults, ints for floats, macro or direct."""
     base = plan_run("socodt", "tiny")
-    for bindings in (["SOCODT_BETA_MIN = 5"], ["socodt.beta_min = 5.0"],
+    for bindings in (["socodt.beta_min = 5"], ["BETA = 5.0", "socodt.beta_min = %BETA"],
                      ["Run.quality = 'near-optimal'"], ["Trainer.learning_rate = 0.0001"],
                      ["Evaluator.workers = 2", "Run.checkpoint_every_steps = 3"]):
         assert plan_run("socodt", "tiny", bindings=bindings).identity == base.identity
-    changed = plan_run("socodt", "tiny", bindings=["SOCODT_BETA_MIN = 6"])
+    changed = plan_run("socodt", "tiny", bindings=["socodt.beta_min = 6"])
     assert changed.identity["method"]["beta_min"] == 6.0 and changed.cell != base.cell
     # the seed makes a replicate of the same cell
     assert plan_run("socodt", "tiny", bindings=["Run.seed = 3"]).cell == base.cell

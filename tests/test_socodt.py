@@ -25,8 +25,15 @@ from mtrl_bench.methods.socodt import (
     soft_mask_values,
 )
 
+from mtrl_bench.config import plan_run
 from mtrl_bench.errors import UserError
-from mtrl_bench.method import MaskUpdateContext, Method, build_method, get_method_class
+from mtrl_bench.method import (
+    MaskUpdateContext,
+    Method,
+    build_method,
+    get_method_class,
+    gin_name,
+)
 from mtrl_bench.training.masking import TaskMasks
 from mtrl_bench.training.model import PromptDT, PromptDTConfig
 
@@ -334,7 +341,7 @@ def test_fixed_count_is_capped_by_the_available_entries():
 
 # --- registry, gin, initial masks ------------------------------------------------------------
 
-def test_methods_are_registered_and_gin_files_restate_the_defaults():
+def test_methods_are_registered_and_ablations_read_socodts_bindings():
     names = {"socodt": SoCoDT, "socodt-hard": SoCoDTHard, "socodt-fixed": SoCoDTFixed,
              "socodt-nomag": SoCoDTNoMag}
     for name, cls in names.items():
@@ -344,13 +351,23 @@ def test_methods_are_registered_and_gin_files_restate_the_defaults():
         gin.add_config_file_search_path(str(CONFIGS.parent))
         for name, cls in names.items():
             gin.parse_config_file(str(CONFIGS / f"{name}.gin"))
-            assert vars(build_method(name)) == vars(cls())  # the files restate the defaults
-        # one SOCODT_* macro changes socodt and every ablation alike
-        gin.parse_config("SOCODT_FISHER_WEIGHT = 0.5\nsocodt_fixed.swap_count = 3")
-        assert {build_method(name).fisher_weight for name in names} == {0.5}
-        assert build_method("socodt-fixed").swap_count == 3
+            assert vars(build_method(name)) == vars(cls())  # the files bind no default
     finally:
         gin.clear_config()
+    # one socodt.* binding changes socodt and every ablation alike; an ablation's own wins
+    for name in names:
+        args = plan_run(name, "tiny", bindings=["socodt.fisher_weight = 0.5"]).arguments
+        assert args[gin_name(name)]["fisher_weight"] == 0.5
+    args = plan_run("socodt-fixed", "tiny", bindings=[
+        "socodt.fisher_weight = 0.5", "socodt_fixed.fisher_weight = 0.3",
+        "socodt_fixed.swap_count = 3"]).arguments["socodt_fixed"]
+    assert (args["fisher_weight"], args["swap_count"]) == (0.3, 3)
+    assert plan_run("random-masks", "tiny", bindings=["socodt.initial_sparsity = 0.3"]
+                    ).arguments["random_masks"]["initial_sparsity"] == 0.3
+    with pytest.raises(UserError, match=r"socodt.alpha has no effect: random_masks \(which "
+                       r"reads the socodt.\* bindings of its own parameters\) has no "
+                       r"parameter 'alpha'"):
+        plan_run("random-masks", "tiny", bindings=["socodt.alpha = 3.0"])
 
 
 def test_bad_hyperparameters_are_user_errors():

@@ -58,19 +58,19 @@ def test_grid_points_are_cells_and_apply_only_where_they_take_effect(tmp_path, d
                                                                      capsys):
     results = str(tmp_path / "results")
     assert main(["sweep", "--methods", "promptdt", "socodt", "--suites", "random-2:0",
-                 "--seeds", "0", "1", "--grid", "SOCODT_BETA_MIN=1,10",
+                 "--seeds", "0", "1", "--grid", "socodt.beta_min=1,10",
                  "--grid", "Trainer.learning_rate=1e-4,3e-4", "--results-dir", results,
                  "--dry-run", "--", *_run_args(data_dir)]) == 0
     out = capsys.readouterr().out
     # promptdt: 2 learning rates x 2 seeds; socodt: 2 x 2 grid points x 2 seeds
     assert "sweep: 12 runs, 0 already finished, 0 locked by another process, 12 to run" in out
-    assert "promptdt: --grid SOCODT_BETA_MIN = 1 has no effect, not applied" in out
+    assert "promptdt: --grid socodt.beta_min = 1 has no effect, not applied" in out
     commands = [line for line in out.splitlines() if line.startswith("  mtrl-bench run")]
-    assert sum("SOCODT_BETA_MIN = 10" in c and "socodt" in c for c in commands) == 4
-    assert not any("SOCODT" in c for c in commands if "--method promptdt" in c)
-    for bad, message in (("SOCODT_BETA_MIN", "expected NAME=V1,V2"),
-                         ("SOCODT_BETA_MIN=1,1", "repeats a value"),
-                         ("SOCODT_BETAMIN=1,10", "has no effect on any method of this sweep"),
+    assert sum("socodt.beta_min = 10" in c and "--method socodt" in c for c in commands) == 4
+    assert not any("beta_min" in c for c in commands if "--method promptdt" in c)
+    for bad, message in (("socodt.beta_min", "expected NAME=V1,V2"),
+                         ("socodt.beta_min=1,1", "repeats a value"),
+                         ("SOCODT_BETA_MIN=1,10", "has no effect on any method of this sweep"),
                          ("socodt.update_interval=2,5", "the runner sets it"),
                          ("Run.seed=3,4", "the sweep sets it; use --seeds")):
         assert main(["sweep", "--methods", "socodt", "--suites", "mt5", "--grid", bad,
@@ -81,7 +81,7 @@ def test_grid_points_are_cells_and_apply_only_where_they_take_effect(tmp_path, d
 @pytest.mark.parametrize("request_", [
     RunRequest("socodt"),
     RunRequest("promptdt", preset="tiny", gin_files=("a.gin", "b c.gin"),
-               bindings=("Trainer.learning_rate = 1e-4", "SOCODT_BETA_MIN = 3"),
+               bindings=("Trainer.learning_rate = 1e-4", "socodt.beta_min = 3"),
                suite="random-3:7", quality="sub-optimal", seed=4, data="harmodt:/d",
                device="cpu", results_dir="r", data_dir="d", force=True, regenerate_data=True,
                wandb="offline", progress=False),

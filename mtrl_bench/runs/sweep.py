@@ -42,16 +42,16 @@ class RunSpec:
 
 
 def parse_grid(grids: list[str]) -> list[tuple[str, ...]]:
-    """``["SOCODT_BETA_MIN=1,5,10", "socodt.alpha=10,20"]`` -> every combination, each a
-    tuple of gin bindings; one empty point without grids. Values are gin literals and may
-    not contain commas."""
+    """``["socodt.beta_min=1,5,10", "Trainer.learning_rate=1e-4,3e-4"]`` -> every
+    combination, each a tuple of gin bindings; one empty point without grids. Values are gin
+    literals and may not contain commas."""
     axes = []
     for grid in grids:
         key, sep, values = grid.partition("=")
         key, items = key.strip(), [v.strip() for v in values.split(",")]
         if not sep or not key or not all(items):
             raise UserError(f"bad --grid {grid!r}: expected NAME=V1,V2,... (e.g. "
-                            "'SOCODT_BETA_MIN=1,5,10' or 'Trainer.learning_rate=1e-4,3e-4')")
+                            "'socodt.beta_min=1,5,10' or 'Trainer.learning_rate=1e-4,3e-4')")
         flag = {"Run.suite": "--suites", "Run.quality": "--qualities", "Run.seed": "--seeds"}
         if key in flag:
             raise UserError(f"--grid {key}: the sweep sets it; use {flag[key]}")
@@ -177,7 +177,7 @@ def plan_sweep(specs: list[RunSpec]):
     """Plan every spec; returns (runs to do with their plans, finished count, notes, runs
     locked by another process).
 
-    A grid binding that has no effect for a method (say SOCODT_BETA_MIN for promptdt) is
+    A grid binding that has no effect for a method (say socodt.beta_min for promptdt) is
     dropped for that method, and specs that then plan the same run directory run once; a
     grid binding that no method of the sweep uses, or that the runner sets itself, is an
     error.
