@@ -9,7 +9,7 @@ import torch
 
 from mtrl_bench.data.generation import ensure_suite_dataset
 from mtrl_bench.method import build_method
-from mtrl_bench.training.model import PromptDT, PromptDTConfig
+from mtrl_bench.training.model import DecisionTransformer, PromptDTConfig
 from mtrl_bench.training.trainer import Trainer
 
 TASKS = ["reach-v3", "drawer-close-v3", "button-press-v3"]
@@ -30,15 +30,15 @@ def _trainer(datasets, method, seed=0, **kwargs):
 def test_shared_mask_gives_every_task_one_random_mask_and_keeps_it(datasets):
     shared = _trainer(datasets, "shared-mask", update_interval=2)
     per_task = _trainer(datasets, "random-masks", update_interval=2)
-    masks = shared.masks.soft.clone()
+    masks = shared.masks.values.clone()
     assert all(torch.equal(masks[0], row) for row in masks)
     assert set(masks.unique().tolist()) == {0.0, 1.0}
     # the same ERK densities as random-masks: the same number of entries off per task
-    assert torch.equal((masks == 0).sum(1), (per_task.masks.soft == 0).sum(1))
-    assert not all(torch.equal(per_task.masks.soft[0], row) for row in per_task.masks.soft)
+    assert torch.equal((masks == 0).sum(1), (per_task.masks.values == 0).sum(1))
+    assert not all(torch.equal(per_task.masks.values[0], row) for row in per_task.masks.values)
     records = []
     shared.train(callback=records.append)
-    assert torch.equal(shared.masks.soft, masks)
+    assert torch.equal(shared.masks.values, masks)
     mask_records = [r for r in records if r["kind"] == "mask"]
     assert mask_records and all(r["moved"] == [0.0] * 3 and r["overlap"] == 1.0
                                 for r in mask_records)
@@ -48,10 +48,10 @@ def test_task_film_is_prompt_dt_at_start_and_each_task_trains_only_its_own_row(d
     config = PromptDTConfig(**{**CONFIG.__dict__, "conditioning": "prompt-film",
                                "num_tasks": 3})
     torch.manual_seed(0)
-    film = PromptDT(config)
+    film = DecisionTransformer(config)
     assert film.task_film.shape == (3, 2, 2, 2, 16)  # tasks x layers x 2 LNs x 2 x width
     torch.manual_seed(0)
-    plain = PromptDT(PromptDTConfig(**{**CONFIG.__dict__, "num_tasks": 3}))
+    plain = DecisionTransformer(PromptDTConfig(**{**CONFIG.__dict__, "num_tasks": 3}))
     missing = plain.load_state_dict(film.state_dict(), strict=False)
     assert missing.unexpected_keys == ["task_film"] and not missing.missing_keys
     trainer = _trainer(datasets, "task-film")
@@ -83,7 +83,7 @@ def test_mask_movement_and_overlap_match_a_direct_count(datasets):
     records = []
     trainer.train(callback=records.append)
     start = trainer.initial_active.numpy()
-    now = (trainer.masks.soft == 1).numpy()
+    now = (trainer.masks.values == 1).numpy()
     movement = trainer.mask_movement()
     np.testing.assert_allclose(movement["moved"], (start != now).mean(axis=1), rtol=1e-6)
     jaccard = [(now[i] & now[j]).sum() / (now[i] | now[j]).sum()
@@ -122,15 +122,15 @@ def test_runs_record_the_random_streams_their_seed_fixed(datasets):
 def test_random_churn_flips_exactly_its_counts_among_eligible_entries(datasets):
     trainer = _trainer(datasets, "random-churn", update_interval=2, conflicted_per_update=7,
                        recovered_per_update=3)
-    start = trainer.masks.soft.clone()
-    assert torch.equal(start, _trainer(datasets, "random-masks").masks.soft)  # same start
+    start = trainer.masks.values.clone()
+    assert torch.equal(start, _trainer(datasets, "random-masks").masks.values)  # same start
     before = start.clone()
     records = []
     trainer.train(callback=records.append)
     updates = [r for r in records if r["kind"] == "mask"]
     assert len(updates) == 2  # steps 2 and 4 (not after the last step)
     assert all(r["conflicted"] == [7] * 3 and r["recovered"] == [3] * 3 for r in updates)
-    after = trainer.masks.soft
+    after = trainer.masks.values
     assert set(after.unique().tolist()) <= {0.0, 1.0}
     # each update: 7 active entries off, 3 suppressed entries on, so 4 more off per update
     assert torch.equal((after == 0).sum(1) - (before == 0).sum(1), torch.full((3,), 2 * 4))
@@ -138,7 +138,7 @@ def test_random_churn_flips_exactly_its_counts_among_eligible_entries(datasets):
     again = _trainer(datasets, "random-churn", update_interval=2, conflicted_per_update=7,
                      recovered_per_update=3)
     again.train()
-    assert torch.equal(again.masks.soft, after)  # the method's own seeded stream
+    assert torch.equal(again.masks.values, after)  # the method's own seeded stream
 
 
 def test_random_churn_with_no_counts_is_random_masks(datasets):
@@ -146,6 +146,6 @@ def test_random_churn_with_no_counts_is_random_masks(datasets):
     churn.train()  # each trainer seeds torch's global stream (dropout) when built
     fixed = _trainer(datasets, "random-masks", update_interval=2)
     fixed.train()
-    assert torch.equal(churn.masks.soft, fixed.masks.soft)
+    assert torch.equal(churn.masks.values, fixed.masks.values)
     for a, b in zip(churn.model.parameters(), fixed.model.parameters()):
         assert torch.equal(a, b)

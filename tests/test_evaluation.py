@@ -23,7 +23,7 @@ from mtrl_bench.evaluation.envpool import EnvPool
 from mtrl_bench.evaluation.evaluator import Evaluator
 from mtrl_bench.suites import make_env
 from mtrl_bench.training.masking import TaskMasks
-from mtrl_bench.training.model import PromptDT, PromptDTConfig
+from mtrl_bench.training.model import DecisionTransformer, PromptDTConfig
 
 TASKS = ["reach-v3", "pick-place-v3"]
 GOALS = [0, 1, 2]
@@ -100,7 +100,8 @@ def test_masked_dt_matches_metaworld_and_is_deterministic(evaluator, conditionin
     cfg = PromptDTConfig(n_layer=2, n_embd=32, n_head=2, n_inner=64, dropout=0.1,
                          context_len=4, prompt_len=3, conditioning=conditioning, num_tasks=3)
     # float64: float32 results depend on the batch shape at rounding level (agents.py)
-    model = PromptDT(cfg).double()  # left in train mode: the agent must switch dropout off
+    # left in train mode: the agent must switch dropout off
+    model = DecisionTransformer(cfg).double()
     soft = erk_random_masks(3, model.mask_segments, 0.2, torch.Generator().manual_seed(0), "cpu")
     masks = TaskMasks(soft, model.mask_segments)
 
@@ -122,7 +123,7 @@ def test_masked_dt_matches_metaworld_and_is_deterministic(evaluator, conditionin
     assert model.training
     assert evaluator.evaluate(agent()).episodes == first.episodes  # same workers, same result
 
-    masks.soft[2] = masks.soft[1]  # a mask update, as the trainer makes between evaluations
+    masks.values[2] = masks.values[1]  # a mask update, as the trainer makes between evaluations
     masks.refresh()
     updated = evaluator.evaluate(live)
     assert updated.episodes != first.episodes
@@ -226,7 +227,7 @@ def test_acting_computes_only_the_last_state_token(conditioning):
     torch.manual_seed(1)
     cfg = PromptDTConfig(n_layer=3, n_embd=32, n_head=2, n_inner=64, context_len=6,
                          prompt_len=3, conditioning=conditioning, num_tasks=3)
-    model = PromptDT(cfg).double().eval()
+    model = DecisionTransformer(cfg).double().eval()
     masks = TaskMasks(erk_random_masks(3, model.mask_segments, 0.2,
                                        torch.Generator().manual_seed(0), "cpu").double(),
                       model.mask_segments)

@@ -291,7 +291,7 @@ def test_masks_and_gradient_combination_together(datasets):
     for name, p in trainer.model.named_parameters():  # the mean of per-task θ-gradients
         torch.testing.assert_close(summed[name], p.grad, rtol=1e-5, atol=1e-8, msg=name)
     trainer.train(4)
-    assert trainer.method.calls == 4 and trainer.method.seen.shape == trainer.masks.soft.shape
+    assert trainer.method.calls == 4 and trainer.method.seen.shape == trainer.masks.values.shape
 
 
 RECORDINGS = sorted((Path(__file__).parent / "data").glob("training_reference-*.json"))
@@ -379,9 +379,9 @@ def test_gradient_methods_are_listed_with_their_parameters(capsys):
 def test_memory_of_per_task_gradients_is_stated():
     """MT50 with the paper model: 50 x 5.29M float32 gradients = 1.06 GB a step."""
     config = PromptDTConfig()
-    from mtrl_bench.training.model import PromptDT
+    from mtrl_bench.training.model import DecisionTransformer
 
-    params = sum(p.numel() for p in PromptDT(config).parameters())
+    params = sum(p.numel() for p in DecisionTransformer(config).parameters())
     assert math.isclose(50 * params * 4 / 1e9, 1.06, abs_tol=0.01)
 
 

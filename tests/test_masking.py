@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mtrl_bench.training.masking import TaskMasks
-from mtrl_bench.training.model import PromptDT, PromptDTConfig
+from mtrl_bench.training.model import DecisionTransformer, PromptDTConfig
 
 
 def _random_batch(n, b, k, p):
@@ -29,7 +29,7 @@ def test_batched_masked_pass_equals_per_task_loop():
     torch.manual_seed(0)
     cfg = PromptDTConfig(n_layer=2, n_embd=32, n_head=2, n_inner=64, dropout=0.0,
                          context_len=4, prompt_len=2)
-    model = PromptDT(cfg).double()
+    model = DecisionTransformer(cfg).double()
     n, b, k, p = 3, 2, 4, 2
     batch, prompt = _random_batch(n, b, k, p)
     soft = torch.rand(n, model.num_maskable, dtype=torch.float64)
@@ -67,8 +67,8 @@ def test_batched_masked_pass_equals_per_task_loop():
 
 
 def _tiny_model():
-    return PromptDT(PromptDTConfig(n_layer=1, n_embd=16, n_head=1, n_inner=32, dropout=0.0,
-                                   context_len=4, prompt_len=2))
+    return DecisionTransformer(PromptDTConfig(n_layer=1, n_embd=16, n_head=1, n_inner=32,
+                                              dropout=0.0, context_len=4, prompt_len=2))
 
 
 def test_compiled_masked_step_does_not_recompile_when_masks_turn_soft():
@@ -93,7 +93,7 @@ def test_compiled_masked_step_does_not_recompile_when_masks_turn_soft():
     torch._dynamo.reset()
     with torch._dynamo.config.patch(error_on_recompile=True):
         step()
-        masks.soft[0, ::2] = 0.5
+        masks.values[0, ::2] = 0.5
         masks.refresh()
         step()
 
@@ -103,15 +103,15 @@ def test_masks_declared_binary_share_one_tensor_and_refuse_soft_values():
     masks = TaskMasks(torch.ones(2, model.num_maskable), model.mask_segments,
                       compute_dtype=torch.bfloat16, soft_values=False)
     assert masks.grad_scale is masks.binary
-    masks.soft[1, 0] = 0.0
+    masks.values[1, 0] = 0.0
     masks.refresh()  # 0 and 1 only: fine
-    masks.soft[1, 1] = 0.5
+    masks.values[1, 1] = 0.5
     with pytest.raises(ValueError, match="soft_masks = True"):
         masks.refresh()
 
 
 def test_paper_model_size_matches_harmodt():
-    model = PromptDT(PromptDTConfig())
+    model = DecisionTransformer(PromptDTConfig())
     assert model.num_maskable == 4_738_560  # HarmoDT: 4.74M inside the blocks
     assert 5.2e6 < sum(p.numel() for p in model.parameters()) < 5.35e6  # HarmoDT: 5.29M
 

@@ -82,7 +82,7 @@ def test_mask_sparsity_is_aggregated_per_row(synthetic):
 
 def test_beta_schedule_draws_each_rows_recorded_betas(synthetic):
     _, runs, columns, _ = synthetic
-    fig = plots.beta_schedule(column(columns, "MT5 near-optimal [1]"), "near")
+    fig = plots.beta_schedule_figure(column(columns, "MT5 near-optimal [1]"), "near")
     members = main_runs(runs, "socodt", "near-optimal")
     expected = sorted({(r["step"], r["beta"]) for run in members for r in run.records
                        if r["kind"] == "mask" and r.get("beta") is not None})
@@ -110,7 +110,7 @@ def test_conflict_histogram_in_score_units_with_thresholds(synthetic):
     assert list(edges) == histogram_edges(-22, 2, 4)
     assert threshold == pytest.approx(np.median([t for r in records
                                                  for t in r["conflict_threshold"]]))
-    fig = plots.conflict_scores(series, "near")
+    fig = plots.conflict_scores_figure(series, "near")
     ax = fig.axes[[a.get_title() for a in fig.axes].index("socodt (n=5)")]
     assert ax.get_xscale() == "symlog" and ax.get_yscale() == "log"
     assert any(li.get_xdata()[0] == pytest.approx(threshold) for li in ax.get_lines())

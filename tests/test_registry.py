@@ -76,7 +76,7 @@ def test_a_mask_method_defined_outside_the_package_trains(tmp_path):
     masks = [m for m in logged if m["kind"] == "mask"]
     assert [m["step"] for m in masks] == [4, 7] and trainer.method.updates == 2
     assert all(0 < d < trainer.model.num_maskable for m in masks for d in m["disagreeing"])
-    soft = trainer.masks.soft
+    soft = trainer.masks.values
     assert set(soft.unique().tolist()) == {0.5, 1.0}
     assert masks[-1]["sparsity"] == (soft < 1).float().mean(1).tolist()
     assert torch.isfinite(trainer.last_task_losses).all()
@@ -85,7 +85,7 @@ def test_a_mask_method_defined_outside_the_package_trains(tmp_path):
     again = Trainer(datasets, "test-agreement", total_steps=7, warmup_steps=1, device="cpu",
                     model_config=config)
     again.load_checkpoint(tmp_path / "ckpt.pt")
-    assert again.method.updates == 2 and torch.equal(again.masks.soft, soft)
+    assert again.method.updates == 2 and torch.equal(again.masks.values, soft)
 
 
 def test_a_method_that_starts_masks_uses_them_without_saying_so():

@@ -35,7 +35,7 @@ from mtrl_bench.method import (
     gin_name,
 )
 from mtrl_bench.training.masking import TaskMasks
-from mtrl_bench.training.model import PromptDT, PromptDTConfig
+from mtrl_bench.training.model import DecisionTransformer, PromptDTConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "methods"
 
@@ -378,7 +378,7 @@ def test_bad_hyperparameters_are_user_errors():
 
 
 def test_initial_masks_are_random_erk_at_sparsity_0_2():
-    model = PromptDT(PromptDTConfig(n_layer=2, n_embd=32, n_head=2, n_inner=64))
+    model = DecisionTransformer(PromptDTConfig(n_layer=2, n_embd=32, n_head=2, n_inner=64))
     masks = SoCoDT().initial_masks(3, model.mask_segments, model.maskable_flat(),
                                    torch.Generator().manual_seed(0))
     assert masks.shape == (3, model.num_maskable)
@@ -393,7 +393,7 @@ def test_soft_masks_drop_entries_from_forward_and_scale_gradients():
     torch.manual_seed(0)
     cfg = PromptDTConfig(n_layer=1, n_embd=16, n_head=2, n_inner=32, dropout=0.0,
                          context_len=3, prompt_len=2)
-    model = PromptDT(cfg)
+    model = DecisionTransformer(cfg)
     n, b, k, kp = 3, 2, 3, 2
 
     def rnd(*shape):
@@ -423,10 +423,10 @@ def test_soft_masks_drop_entries_from_forward_and_scale_gradients():
     _, task_losses = losses()
     masks.stop_capture()
     method.update_masks(MaskUpdateContext(
-        step=1, total_steps=10, masks=masks.soft, task_grads=grads, task_losses=task_losses,
+        step=1, total_steps=10, masks=masks.values, task_grads=grads, task_losses=task_losses,
         theta=model.maskable_flat(), segments=model.mask_segments, generator=gen))
     masks.refresh()
-    soft = (masks.soft > 0) & (masks.soft < 1)
+    soft = (masks.values > 0) & (masks.values < 1)
     assert soft.sum(dim=1).min() > 0  # every task now has soft-masked entries
 
     grads = masks.start_capture(scale=n)
@@ -434,13 +434,13 @@ def test_soft_masks_drop_entries_from_forward_and_scale_gradients():
     masks.stop_capture()
     # backward: theta.grad = mean_i g_i * M_i, soft entries included at their soft value
     theta_grad = torch.cat([p.grad.reshape(-1) for _, p in model.maskable_parameters()])
-    torch.testing.assert_close(theta_grad, (grads * masks.soft).mean(dim=0))
+    torch.testing.assert_close(theta_grad, (grads * masks.values).mean(dim=0))
     binary_grad = (grads * masks.binary).mean(dim=0)
     assert not torch.allclose(theta_grad, binary_grad)
     assert (grads[soft] != 0).any()
 
     # forward: task 0 does not see its suppressed entries, whatever their value
-    suppressed0 = masks.soft[0] < 1
+    suppressed0 = masks.values[0] < 1
     with torch.no_grad():
         flat = model.maskable_flat()
         flat[suppressed0] += 10.0
@@ -472,11 +472,11 @@ def test_random_masks_start_as_socodt_and_never_change(tmp_path):
                        log_every=1000)
 
     socodt, control = trainer("socodt"), trainer("random-masks")
-    assert torch.equal(socodt.masks.soft, control.masks.soft)
-    start = control.masks.soft.clone()
+    assert torch.equal(socodt.masks.values, control.masks.values)
+    start = control.masks.values.clone()
     records = []
     control.train(callback=records.append)
-    assert torch.equal(control.masks.soft, start)
+    assert torch.equal(control.masks.values, start)
     masks = [r for r in records if r["kind"] == "mask"]
     assert len(masks) == 4 and all(r["conflicted"] == [0, 0] == r["recovered"] for r in masks)
     assert masks[-1]["sparsity"] == pytest.approx([0.2, 0.2], abs=1e-3)

@@ -81,7 +81,7 @@ def test_reference_iteration_updates_only_the_task_s_active_entries():
     embedding = trainer.model.embed_state.weight.detach().clone()
     loss = bench.reference_iteration(trainer, 0)
     after = trainer.model.maskable_flat()
-    active = trainer.masks.soft[0] == 1
+    active = trainer.masks.values[0] == 1
     assert isinstance(loss, float)
     assert torch.equal(after[~active], before[~active])
     assert (after[active] != before[active]).float().mean() > 0.5

@@ -99,9 +99,9 @@ def test_batched_step_gradients_equal_per_task_loop(datasets):
     trainer = _trainer(datasets, "socodt")  # a method with soft masks
     model, masks = trainer.model, trainer.masks
     gen = torch.Generator().manual_seed(0)
-    soft = torch.rand(masks.soft.shape, generator=gen)
+    soft = torch.rand(masks.values.shape, generator=gen)
     soft[soft > 0.3] = 1.0  # ~70% active, the rest soft values in (0, 0.3]
-    masks.soft.copy_(soft)
+    masks.values.copy_(soft)
     masks.refresh()
     batch = trainer.sampler.sample()
     losses = trainer.loss_and_backward(batch, capture=True)
@@ -145,9 +145,9 @@ def test_masks_are_soft_only_for_methods_that_declare_soft_masks(datasets):
 def test_bf16_masked_path_matches_float32(datasets):
     """The CUDA path (bf16 autocast, masks cached in bf16), run here under CPU autocast."""
     trainer = _trainer(datasets, "socodt")
-    soft = torch.rand(trainer.masks.soft.shape, generator=torch.Generator().manual_seed(1))
+    soft = torch.rand(trainer.masks.values.shape, generator=torch.Generator().manual_seed(1))
     soft[soft > 0.3] = 1.0
-    trainer.masks.soft.copy_(soft)
+    trainer.masks.values.copy_(soft)
     trainer.masks.refresh()
     batch = trainer.sampler.sample()
 
@@ -197,16 +197,16 @@ def test_checkpoint_round_trip_continues_bit_for_bit(datasets, tmp_path):
     first.train(5)
     path = tmp_path / "checkpoint.pt"
     first.save_checkpoint(path)
-    masks_at_save = first.masks.soft.clone()
+    masks_at_save = first.masks.values.clone()
     first.train(10)
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temporary left
 
     resumed = make()
     resumed.load_checkpoint(path)
-    assert resumed.step == 5 and torch.equal(resumed.masks.soft, masks_at_save)
+    assert resumed.step == 5 and torch.equal(resumed.masks.values, masks_at_save)
     resumed.train(10)
-    assert not torch.equal(resumed.masks.soft, masks_at_save)  # updates happened after resume
-    assert torch.equal(resumed.masks.soft, first.masks.soft)
+    assert not torch.equal(resumed.masks.values, masks_at_save)  # updates happened after resume
+    assert torch.equal(resumed.masks.values, first.masks.values)
     for (name, a), b in zip(first.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), name
     assert torch.equal(resumed.last_task_losses, first.last_task_losses)

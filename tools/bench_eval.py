@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     from mtrl_bench.evaluation.agents import DecisionTransformerAgent, ScriptedExpertAgent
     from mtrl_bench.evaluation.evaluator import Evaluator
     from mtrl_bench.training.masking import TaskMasks
-    from mtrl_bench.training.model import PromptDT
+    from mtrl_bench.training.model import DecisionTransformer
     from mtrl_bench.training.trainer import resolve_device
 
     if args.torch_threads:
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
                          n_inner=args.n_inner, context_len=args.context_len,
                          prompt_len=args.prompt_len)
     torch.manual_seed(0)
-    model = PromptDT(cfg).to(device)
+    model = DecisionTransformer(cfg).to(device)
     masks = TaskMasks(erk_random_masks(n, model.mask_segments, 0.2,
                                        torch.Generator().manual_seed(0), "cpu").to(device),
                       model.mask_segments, soft_values=False)  # binary, as HarmoDT's

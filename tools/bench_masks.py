@@ -34,7 +34,7 @@ from mtrl_bench.method import (
     registered_methods,
 )
 from mtrl_bench.training.masking import MaskSegment
-from mtrl_bench.training.model import PromptDT, PromptDTConfig
+from mtrl_bench.training.model import DecisionTransformer, PromptDTConfig
 
 DEFAULT_METHODS = ("socodt", "socodt-hard", "socodt-fixed", "socodt-nomag", "harmodt-f")
 
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         for method in methods:
             load_method_config(method, args.model)
             instance = build_method(method)
-            model = PromptDT(PromptDTConfig())
+            model = DecisionTransformer(PromptDTConfig())
             theta = model.maskable_flat().to(device)
             entries = model.num_maskable
             result = time_mask_update(instance, args.tasks, model.mask_segments, theta,

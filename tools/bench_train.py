@@ -50,7 +50,7 @@ from mtrl_bench.data.dataset import TaskDataset
 from mtrl_bench.io import atomic_write_json
 from mtrl_bench.method import build_method
 from mtrl_bench.suites import ACTION_DIM, MAX_EPISODE_STEPS, OBS_DIM
-from mtrl_bench.training.model import PromptDT, PromptDTConfig
+from mtrl_bench.training.model import DecisionTransformer, PromptDTConfig
 from mtrl_bench.training.trainer import Trainer, masked_action_loss, resolve_device
 
 MASK_UPDATE_SEQUENCES = 4000  # HarmoDT: every 500 iterations of 8 sequences
@@ -148,7 +148,7 @@ def reference_iteration(trainer: Trainer, task: int) -> float:
     saved = copy.deepcopy(trainer.model.state_dict())
     named = trainer.model.maskable_parameters()
     row = None if trainer.masks is None else [
-        trainer.masks.soft[task, seg.offset:seg.stop].view(seg.shape) == 1
+        trainer.masks.values[task, seg.offset:seg.stop].view(seg.shape) == 1
         for seg in trainer.model.mask_segments
     ]
     if row is not None:
@@ -337,7 +337,7 @@ def main(argv=None) -> int:
           f"({cfg.n_layer} layers, {cfg.n_embd} dim, {cfg.n_head} heads); {args.tasks} tasks "
           f"x {args.batch} sequences; bf16 {'on' if bf16 else 'off'}"
           f"{'; compiled' if args.compile else ''}", flush=True)
-    parameters = sum(p.numel() for p in PromptDT(dataclasses.replace(
+    parameters = sum(p.numel() for p in DecisionTransformer(dataclasses.replace(
         cfg, num_tasks=args.tasks)).parameters())
     report = {"device": name, "torch": torch.__version__, "preset": args.preset,
               "tasks": args.tasks, "batch": args.batch, "bf16": bf16, "compile": args.compile,

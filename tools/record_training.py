@@ -76,7 +76,7 @@ def _record(methods) -> dict:
         for value in trainer.model.state_dict().values():
             digest.update(value.detach().contiguous().numpy().tobytes())
         masks = None if trainer.masks is None else hashlib.sha256(
-            trainer.masks.soft.numpy().tobytes()).hexdigest()
+            trainer.masks.values.numpy().tobytes()).hexdigest()
         out["methods"][name] = {"losses": losses, "parameters": digest.hexdigest(),
                                 "masks": masks}
     return out

@@ -304,7 +304,7 @@ def mask_sparsity(series: Series, title: str):
     return fig
 
 
-def beta_schedule(series: Series, title: str):
+def beta_schedule_figure(series: Series, title: str):
     """β_t against step for every row that records it (HarmoDT has none)."""
     curves = []
     for cell, runs in series:
@@ -365,7 +365,7 @@ def _symlog_axis(ax, edges: np.ndarray, used: np.ndarray) -> None:
                        for t in ticks if low <= t <= high], fontsize=7)
 
 
-def conflict_scores(series: Series, title: str, snapshots: int = 4):
+def conflict_scores_figure(series: Series, title: str, snapshots: int = 4):
     """Conflict-score histograms in score units at a few mask updates, one panel per row."""
     rows = [(cell, pooled_histograms(runs, snapshots)) for cell, runs in series]
     rows = [(cell, hists) for cell, hists in rows if hists]
@@ -541,8 +541,8 @@ def _final_success(cell: Cell) -> np.ndarray:
 FIGURES = (
     ("learning_curves", learning_curves, "no eval records"),
     ("mask_sparsity", mask_sparsity, "no mask records"),
-    ("beta_schedule", beta_schedule, "no mask records with beta"),
-    ("conflict_scores", conflict_scores, "no mask records with conflict_hist"),
+    ("beta_schedule", beta_schedule_figure, "no mask records with beta"),
+    ("conflict_scores", conflict_scores_figure, "no mask records with conflict_hist"),
     ("aggregate_metrics", aggregate_metrics, "no usable final scores"),
     ("fixed_goal_curves", fixed_goal_curves, "fewer than two evaluations on the fixed goals"),
     ("gap_vs_training", gap_vs_training, f"no {GAP_BASE} or no masked row"),

@@ -163,7 +163,7 @@ class DecisionTransformerAgent:
             raise ValueError(f"agent built for {n} tasks, asked for {num_tasks}")
         source = self.mask_source
         if source is not None:  # the evaluated rows as they are now, in the forward's dtype
-            rows = source.soft[self.task_ids.to(source.soft.device)].to(self.device)
+            rows = source.values[self.task_ids.to(source.values.device)].to(self.device)
             self.masks = TaskMasks(rows, source.segments,
                                    compute_dtype=self.autocast_dtype or self.dtype,
                                    soft_values=source.soft_values)

@@ -145,9 +145,10 @@ class MaterializedMasks:
 class TaskMasks:
     """The masks of all tasks for one model, plus the views the layers read.
 
-    ``soft`` is the source of truth (entries in [0, 1]); the binary forward mask
-    (soft == 1) and the backward gradient scale (soft) are cached in ``compute_dtype``
-    and must be refreshed with :meth:`refresh` after a method edits ``soft``.
+    ``values`` is the source of truth (entries in [0, 1]: binary for HarmoDT, soft for
+    SoCo-DT); the binary forward mask (values == 1) and the backward gradient scale
+    (values) are cached in ``compute_dtype`` and must be refreshed with :meth:`refresh`
+    after a method edits ``values``.
 
     ``soft_values`` says whether entries may lie strictly between 0 and 1 (the method's
     ``soft_masks``). Without them the gradient scale in a lower compute dtype is the
@@ -157,16 +158,16 @@ class TaskMasks:
     the first update would otherwise recompile the step (twice: with and without capture).
     """
 
-    def __init__(self, soft: torch.Tensor, segments: list[MaskSegment],
+    def __init__(self, values: torch.Tensor, segments: list[MaskSegment],
                  compute_dtype: torch.dtype | None = None, soft_values: bool = True):
-        if soft.dim() != 2 or soft.shape[1] != segments[-1].stop:
+        if values.dim() != 2 or values.shape[1] != segments[-1].stop:
             raise ValueError(
-                f"mask tensor has shape {tuple(soft.shape)}, expected (num_tasks, "
+                f"mask tensor has shape {tuple(values.shape)}, expected (num_tasks, "
                 f"{segments[-1].stop})"
             )
-        self.soft = soft
+        self.values = values
         self.segments = segments
-        self.compute_dtype = compute_dtype or soft.dtype
+        self.compute_dtype = compute_dtype or values.dtype
         self.soft_values = soft_values
         self.capture: torch.Tensor | None = None
         self.capture_scale = 1.0
@@ -175,27 +176,27 @@ class TaskMasks:
 
     @property
     def num_tasks(self) -> int:
-        return self.soft.shape[0]
+        return self.values.shape[0]
 
     def refresh(self) -> None:
-        """Recompute the cached forward mask and gradient scale after ``soft`` changed
+        """Recompute the cached forward mask and gradient scale after ``values`` changed
         (ValueError on a soft value in masks declared binary)."""
-        hard = self.soft == 1
-        if not self.soft_values and not torch.equal(hard, self.soft != 0):  # one sync
+        hard = self.values == 1
+        if not self.soft_values and not torch.equal(hard, self.values != 0):  # one sync
             raise ValueError(
                 "masks hold values strictly between 0 and 1, but were declared binary: a "
                 "method whose masks can be soft sets the class attribute soft_masks = True")
         self.binary = hard.to(self.compute_dtype)
-        if self.compute_dtype == self.soft.dtype:
-            self.grad_scale = self.soft
+        if self.compute_dtype == self.values.dtype:
+            self.grad_scale = self.values
         elif not self.soft_values:  # binary masks: the scale is the forward mask itself
             self.grad_scale = self.binary
         else:
-            self.grad_scale = self.soft.to(self.compute_dtype)
+            self.grad_scale = self.values.to(self.compute_dtype)
 
     def start_capture(self, scale: float) -> torch.Tensor:
         """Record per-task gradients (times ``scale``) during the next backward pass."""
-        self.capture = torch.zeros_like(self.soft)
+        self.capture = torch.zeros_like(self.values)
         self.capture_scale = scale
         return self.capture
 

@@ -1,6 +1,6 @@
 """Prompt Decision Transformer with per-task parameter masks, batched over tasks.
 
-Every tensor entering :meth:`PromptDT.forward` is grouped by task: leading dims
+Every tensor entering :meth:`DecisionTransformer.forward` is grouped by task: leading dims
 ``(N, B)`` = (tasks, sequences per task). Row ``i`` of the mask set belongs to group ``i``,
 so all tasks run through one forward pass, each with its own effective weights, and the
 linear layers become one batched matmul over tasks (``baddbmm``).
@@ -74,7 +74,7 @@ CONDITIONINGS = ("prompt", "task_id", "prompt-film")
 class MaskableLinear(nn.Linear):
     """nn.Linear whose weights may differ per task group (leading dim N of the input)."""
 
-    seg_weight: int | None = None  # index into PromptDT.mask_segments; None = not masked
+    seg_weight: int | None = None  # index into DecisionTransformer.mask_segments; None = not masked
     seg_bias: int | None = None
 
     def forward(self, x: torch.Tensor, masks: LayerMasks | None = None) -> torch.Tensor:
@@ -106,7 +106,7 @@ class Block(nn.Module):
     """Pre-LN GPT-2 block (causal self-attention + ReLU MLP) with maskable parameters."""
 
     #: attention written out op by op instead of the fused kernel (see
-    #: :meth:`PromptDT.explicit_attention`)
+    #: :meth:`DecisionTransformer.explicit_attention`)
     explicit_attention = False
 
     def __init__(self, cfg: PromptDTConfig):
@@ -157,7 +157,11 @@ def _modulate(h: torch.Tensor, film: torch.Tensor | None, which: int) -> torch.T
     return h * (1 + scale) + shift
 
 
-class PromptDT(nn.Module):
+class DecisionTransformer(nn.Module):
+    """The shared model every method trains (the method ``promptdt`` is this model with no
+    masks); conditioned on a prompt, a task-ID token, or a prompt with per-task FiLM in
+    every block (``cfg.conditioning``)."""
+
     def __init__(self, cfg: PromptDTConfig):
         super().__init__()
         self.cfg = cfg

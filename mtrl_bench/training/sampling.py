@@ -1,7 +1,7 @@
 """Vectorised batch sampler: every task's dataset lives on the training device.
 
 One call draws B sequences for each of N tasks at once (pure tensor indexing, no Python
-loop over tasks or samples) and returns the task-grouped tensors :class:`PromptDT` takes.
+loop over tasks or samples) and returns the task-grouped tensors :class:`DecisionTransformer` takes.
 
 Segments follow Prompt-DT (``get_batch``): an episode is drawn with probability
 proportional to its length (all episodes of a task have the same length, so uniformly)

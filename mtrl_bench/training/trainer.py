@@ -39,7 +39,7 @@ from mtrl_bench.errors import Diverged, UserError
 from mtrl_bench.io import atomic_write
 from mtrl_bench.method import GradientContext, MaskUpdateContext, Method, build_method
 from mtrl_bench.training.masking import TaskMasks
-from mtrl_bench.training.model import PromptDT, PromptDTConfig
+from mtrl_bench.training.model import DecisionTransformer, PromptDTConfig
 from mtrl_bench.training.sampling import TaskBatchSampler
 
 CHECKPOINT_FORMAT = 2
@@ -122,7 +122,7 @@ class Trainer:
             model_config or PromptDTConfig(),
             conditioning=self.method.conditioning, num_tasks=self.num_tasks,
         )
-        self.model = PromptDT(self.config).to(self.device)
+        self.model = DecisionTransformer(self.config).to(self.device)
         self._model_fn = torch.compile(self.model) if compile else self.model
         self.sampler = TaskBatchSampler(
             [datasets[t] for t in self.tasks], self.config.context_len, self.config.prompt_len,
@@ -140,7 +140,7 @@ class Trainer:
             soft_values=self.method.soft_masks,
         )
         #: which entries each task uses at the start (M == 1), to measure how far masks move
-        self.initial_active = None if self.masks is None else self.masks.soft == 1
+        self.initial_active = None if self.masks is None else self.masks.values == 1
         self.streams = self._stream_digests()
         cuda = self.device.type == "cuda"
         self.optimizer = torch.optim.AdamW(
@@ -172,13 +172,13 @@ class Trainer:
                    sampler.demos.count]
         return {"initial_weights": tensor_digest(weights),
                 "batch_stream": tensor_digest(batches),
-                "initial_masks": None if self.masks is None else tensor_digest([self.masks.soft])}
+                "initial_masks": None if self.masks is None else tensor_digest([self.masks.values])}
 
     def mask_movement(self) -> dict[str, object]:
         """How far the masks moved and how much tasks share: per task the share of entries
         whose use (M == 1) differs from the start, and the mean over task pairs of the
         Jaccard overlap of the entries they use (1 = one mask for all tasks)."""
-        active = self.masks.soft == 1
+        active = self.masks.values == 1
         moved = (active != self.initial_active).float().mean(dim=1)
         used = active.float()
         both = used @ used.T  # (N, N) entries used by both tasks
@@ -380,15 +380,15 @@ class Trainer:
     def update_masks(self, task_grads: torch.Tensor, task_losses: torch.Tensor) -> dict:
         """Hand the captured per-task gradients to the method; refresh the cached masks."""
         ctx = MaskUpdateContext(
-            step=self.step, total_steps=self.total_steps, masks=self.masks.soft,
+            step=self.step, total_steps=self.total_steps, masks=self.masks.values,
             task_grads=task_grads, task_losses=task_losses.float(),
             theta=self.model.maskable_flat(), segments=self.model.mask_segments,
             generator=self.method_generator,
         )
         extra = self.method.update_masks(ctx)
         self.masks.refresh()
-        return {"kind": "mask", "step": self.step, "entries": self.masks.soft.shape[1],
-                **self.method.mask_metrics(self.masks.soft), **self.mask_movement(), **extra}
+        return {"kind": "mask", "step": self.step, "entries": self.masks.values.shape[1],
+                **self.method.mask_metrics(self.masks.values), **self.mask_movement(), **extra}
 
     # ----------------------------------------------------------------- the loop
     def train(self, until_step: int | None = None,
@@ -441,7 +441,7 @@ class Trainer:
             "model_config": dataclasses.asdict(self.config), "step": self.step,
             "device_type": self.device.type, "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "masks": None if self.masks is None else self.masks.soft,
+            "masks": None if self.masks is None else self.masks.values,
             "method_state": self.method.state_dict(), "rng": rng,
             # the open log interval, so a resumed run's next loss record covers it whole
             "log_interval": {"start": self._interval_start, "loss_sum": self._loss_sum.clone()},
@@ -483,7 +483,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.masks is not None:
-            self.masks.soft.copy_(state["masks"])
+            self.masks.values.copy_(state["masks"])
             self.masks.refresh()
         self.method.load_state_dict(state["method_state"])
         self.step = state["step"]
