@@ -31,7 +31,7 @@ so runs are reproducible and resume bit-for-bit, and the global generators are u
 **Optional dependencies.** Nash-MTL needs cvxpy and ecos (``pip install
 "mtrl-bench[nash-mtl]"``); a method whose dependency is missing stops at planning time,
 before any data is generated, with one line naming the extra (the aggregator is built once,
-for two tasks, in the constructor, which ``config.plan_run`` calls).
+for two tasks, in the constructor, which ``plan.plan_run`` calls).
 """
 
 from __future__ import annotations

@@ -194,9 +194,9 @@ def configure_run(parser: argparse.ArgumentParser) -> None:
 
 
 def run_request(args: argparse.Namespace, **given):
-    """The :class:`~mtrl_bench.config.RunRequest` of parsed ``run`` arguments (``given``:
+    """The :class:`~mtrl_bench.request.RunRequest` of parsed ``run`` arguments (``given``:
     fields the caller sets instead, as a sweep does for method, suite, quality and seed)."""
-    from mtrl_bench.config import RunRequest
+    from mtrl_bench.request import RunRequest
 
     fields = dict(preset=args.preset, gin_files=tuple(args.gin_file),
                   bindings=tuple(args.gin_binding), data=args.data, device=args.device,

@@ -12,9 +12,10 @@ from mtrl_bench.methods.aggregators import TorchJDAggregator
 from mtrl_bench.methods.cagrad import cagrad_direction
 from mtrl_bench.methods.pcgrad import pcgrad_coefficients
 
-from mtrl_bench.config import plan_run
 from mtrl_bench.errors import UserError
 from mtrl_bench.method import GradientContext, build_method, registered_methods
+from mtrl_bench.plan import plan_run
+from mtrl_bench.runs.runner import run_dir_of
 
 AGGREGATORS = [name for name, cls in registered_methods().items()
                if issubclass(cls, TorchJDAggregator)]
@@ -267,7 +268,7 @@ def test_each_method_runs_on_the_tiny_preset(name, tmp_path_factory):
                  "--data-dir", str(root / "data"), "--results-dir", str(root / "results"),
                  "--gin_binding", "Run.budget_sequences = 96"])
     assert code == 0
-    path = plan_run(name, "tiny", bindings=["Run.budget_sequences = 96"],
-                    results=str(root / "results")).path
+    path = run_dir_of(plan_run(name, "tiny", bindings=["Run.budget_sequences = 96"],
+                    results=str(root / "results")))
     final = json.loads((path / "final.json").read_text())
     assert set(final["final"]["success"]) == set(final["tasks"])

@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 
 from mtrl_bench.cli import main
-from mtrl_bench.config import plan_run, target_return
+from mtrl_bench.config import target_return
 from mtrl_bench.data.external import HARMODT_TARGET_RETURN, plan_external_suite
 from mtrl_bench.data.generation import ensure_suite_dataset
 from mtrl_bench.errors import DatasetError, UserError
+from mtrl_bench.plan import plan_run
+from mtrl_bench.runs.runner import run_dir_of
 from mtrl_bench.suites import resolve_suite
 from mtrl_bench.training.sampling import TaskBatchSampler
 
@@ -103,8 +105,8 @@ def test_a_run_on_harmodt_data_ends_in_its_own_cell(buffer, generated, tmp_path,
     capsys.readouterr()
     table = (results / "tables" / "table1.csv").read_text()
     assert "random-2:0 near-optimal (harmodt data)" in table
-    path = plan_run("socodt", "tiny", overrides={"data": f"harmodt:{buffer}"},
-                    results=results).path
+    path = run_dir_of(plan_run("socodt", "tiny", overrides={"data": f"harmodt:{buffer}"},
+                    results=results))
     final = json.loads((path / "final.json").read_text())
     assert final["final"]["num_goals"] == 3
     # the file changes: a rerun is another run, and says why

@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 
 from mtrl_bench.cli import build_parser, main, run_request
-from mtrl_bench.config import RunRequest, plan_run
 from mtrl_bench.errors import DatasetError, UserError
+from mtrl_bench.plan import plan_run
+from mtrl_bench.request import RunRequest
 from mtrl_bench.runs.rundir import RunLock, is_finished, results_dir
+from mtrl_bench.runs.runner import run_dir_of
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
@@ -45,12 +47,12 @@ def test_the_readme_s_first_command_trains_in_a_checkout(new_user):
     first = _readme_commands()[0]
     argv = shlex.split(first.split("&&")[-1])
     assert argv[:2] == ["mtrl-bench", "run"], first
-    plan = run_request(build_parser().parse_args(argv[1:])).plan()
-    assert new_user in plan.path.parents and REPO not in plan.path.parents
-    assert not is_finished(plan.path)
-    committed = plan_run("promptdt", "cpu", results=str(REPO / "results"))
-    assert committed.path.relative_to(REPO / "results") == plan.path.relative_to(results_dir())
-    assert is_finished(committed.path), "the committed run of this cell is the reuse trap"
+    path = run_dir_of(run_request(build_parser().parse_args(argv[1:])).plan())
+    assert new_user in path.parents and REPO not in path.parents
+    assert not is_finished(path)
+    committed = run_dir_of(plan_run("promptdt", "cpu", results=str(REPO / "results")))
+    assert committed.relative_to(REPO / "results") == path.relative_to(results_dir())
+    assert is_finished(committed), "the committed run of this cell is the reuse trap"
 
 
 def test_the_readme_s_second_command_prints_pass_and_fail_counts():
@@ -65,7 +67,7 @@ def test_the_readme_s_second_command_prints_pass_and_fail_counts():
 
 
 def test_force_does_not_overwrite_a_committed_run_unless_asked(tmp_path):
-    committed = plan_run("promptdt", "cpu", results=str(REPO / "results")).path
+    committed = run_dir_of(plan_run("promptdt", "cpu", results=str(REPO / "results")))
     def files():  # the lock file (git-ignored) comes and goes with every attempt
         return {p.name: p.stat().st_mtime_ns for p in committed.iterdir() if p.name != ".lock"}
 
@@ -213,7 +215,7 @@ def test_two_runs_of_one_cell_in_one_place_are_bit_identical(tmp_path):
                 "1", "--results-dir", str(tmp_path / folder), "--data-dir",
                 str(tmp_path / "data")]
         assert main(argv) == 0
-        return plan_run("socodt", "tiny", results=str(tmp_path / folder)).path
+        return run_dir_of(plan_run("socodt", "tiny", results=str(tmp_path / folder)))
 
     first, second = make("a"), make("b")
     timing = {"sequences_per_s", "seconds", "wall_s", "elapsed_s"}

@@ -43,7 +43,7 @@ def layer(module: str) -> str:
     """The layer of ``module`` (dotted, without the ``mtrl_bench.`` prefix)."""
     if module in ("", "errors", "io", "identity", "suites", "provenance", "configs"):
         return "foundation"
-    if module == "bindings":
+    if module in ("config", "bindings", "plan", "request"):
         return "planning"
     if module == "runs.rundir":
         return "record"
@@ -52,8 +52,6 @@ def layer(module: str) -> str:
         return "analysis"
     if top in ("training", "data", "evaluation", "method", "methods"):
         return "core"
-    if module == "config":
-        return "planning"
     if top == "runs":
         return "running"
     if module in ("cli", "__main__"):

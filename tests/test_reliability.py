@@ -15,8 +15,9 @@ import time
 import pytest
 
 from mtrl_bench.cli import main
-from mtrl_bench.config import plan_run
+from mtrl_bench.plan import plan_run
 from mtrl_bench.runs.rundir import LOCK_FILE, MetricsLog, is_finished, lock_holder
+from mtrl_bench.runs.runner import run_dir_of
 
 TINY = ["--preset", "tiny", "--no-progress"]
 
@@ -37,7 +38,7 @@ def _command(results, data_dir, *args):
 
 
 def _path(results, method, *bindings):
-    return plan_run(method, "tiny", bindings=list(bindings), results=results).path
+    return run_dir_of(plan_run(method, "tiny", bindings=list(bindings), results=results))
 
 
 @pytest.mark.slow

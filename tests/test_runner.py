@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from mtrl_bench.cli import main
-from mtrl_bench.config import plan_run
+from mtrl_bench.plan import plan_run
 from mtrl_bench.runs.rundir import MetricsLog, is_finished
+from mtrl_bench.runs.runner import run_dir_of
 
 TINY = ["--preset", "tiny", "--no-progress"]
 
@@ -56,7 +57,7 @@ def _final(path):
 def _path(dirs, method, *bindings):
     """The directory `mtrl-bench run --method METHOD --preset tiny` plans (gin is global, so
     this re-parses; fine between runs)."""
-    return plan_run(method, "tiny", bindings=bindings, results=dirs["results"]).path
+    return run_dir_of(plan_run(method, "tiny", bindings=bindings, results=dirs["results"]))
 
 
 @pytest.mark.slow
@@ -175,7 +176,8 @@ def test_killed_run_resumes_to_the_same_result(dirs):
     """SIGKILL mid-training, rerun: the final result equals an uninterrupted run's."""
     env = _subprocess_env(dirs)
     args = [sys.executable, "-m", "mtrl_bench", "run", "--method", "harmodt-f", *TINY]
-    path = plan_run("harmodt-f", "tiny", bindings=["Run.seed = 2"], results=dirs["results"]).path
+    path = run_dir_of(plan_run("harmodt-f", "tiny", bindings=["Run.seed = 2"],
+                               results=dirs["results"]))
     proc = subprocess.Popen([*args, "--seed", "2"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     _wait_for_checkpoint(path, proc)
@@ -201,7 +203,8 @@ def test_ctrl_c_marks_the_run_interrupted_and_the_same_command_resumes_it(dirs):
     env = _subprocess_env(dirs)
     args = [sys.executable, "-m", "mtrl_bench", "run", "--method", "promptdt", *TINY,
             "--seed", "3"]
-    path = plan_run("promptdt", "tiny", bindings=["Run.seed = 3"], results=dirs["results"]).path
+    path = run_dir_of(plan_run("promptdt", "tiny", bindings=["Run.seed = 3"],
+                               results=dirs["results"]))
     # a shell's background job starts with SIGINT ignored, and Python keeps that: restore it
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True,

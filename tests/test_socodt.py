@@ -25,7 +25,6 @@ from mtrl_bench.methods.socodt import (
     soft_mask_values,
 )
 
-from mtrl_bench.config import plan_run
 from mtrl_bench.errors import UserError
 from mtrl_bench.method import (
     MaskUpdateContext,
@@ -34,6 +33,7 @@ from mtrl_bench.method import (
     get_method_class,
     gin_name,
 )
+from mtrl_bench.plan import plan_run
 from mtrl_bench.training.masking import TaskMasks
 from mtrl_bench.training.model import DecisionTransformer, PromptDTConfig
 

@@ -6,8 +6,10 @@ import pandas as pd
 import pytest
 
 from mtrl_bench.cli import build_parser, main, run_request
-from mtrl_bench.config import RunRequest, plan_run
+from mtrl_bench.plan import plan_run
+from mtrl_bench.request import RunRequest
 from mtrl_bench.runs.rundir import is_finished
+from mtrl_bench.runs.runner import run_dir_of
 from mtrl_bench.runs.sweep import build_grid, run_ray
 
 
@@ -27,7 +29,7 @@ def test_local_sweep_runs_the_grid_and_skips_finished_runs(tmp_path, data_dir, c
             "--seeds", "0", "--parallel", "2", "--results-dir", results, "--",
             *_run_args(data_dir)]
     assert main(argv) == 0
-    paths = [plan_run(m, "tiny", results=results).path for m in ("promptdt", "harmodt-r")]
+    paths = [run_dir_of(plan_run(m, "tiny", results=results)) for m in ("promptdt", "harmodt-r")]
     assert all(is_finished(p) for p in paths)
     assert "2 succeeded, 0 failed" in capsys.readouterr().out
     assert main(argv) == 0
@@ -162,7 +164,7 @@ def test_ray_executor_runs_on_a_real_local_ray_instance(tmp_path, data_dir):
     specs = build_grid(["mtdt"], ["random-2:0"], ["near-optimal"], [3], common)
     codes = run_ray(specs, address=None, gpus_per_run=0)
     assert codes == {"random-2:0/near-optimal/mtdt/seed3": 0}
-    path = plan_run("mtdt", "tiny", bindings=["Run.seed = 3"], results=results).path
+    path = run_dir_of(plan_run("mtdt", "tiny", bindings=["Run.seed = 3"], results=results))
     assert is_finished(path)
     assert json.loads((path / "meta.json").read_text())["method"] == "mtdt"
 

@@ -22,9 +22,9 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from mtrl_bench.config import RunRequest
 from mtrl_bench.data.generation import default_workers
 from mtrl_bench.io import atomic_write_json
+from mtrl_bench.request import RunRequest
 from mtrl_bench.runs.sweep import _prepare_datasets, build_grid, plan_sweep, run_local, size_threads
 
 

@@ -1,5 +1,5 @@
 """`mtrl-bench run`: build the data, train, evaluate periodically and at the end, resumably,
-in a locked run directory (the plan of a run comes from :mod:`mtrl_bench.config`)."""
+in a locked run directory (the plan of a run comes from :mod:`mtrl_bench.plan`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from mtrl_bench.config import RunPlan, RunRequest, operative_config, target_return
+from mtrl_bench.config import target_return
 from mtrl_bench.errors import Diverged, UserError
 from mtrl_bench.io import (
     atomic_write_json,
@@ -18,12 +18,15 @@ from mtrl_bench.io import (
     read_json,
     remove_temporary_files,
 )
+from mtrl_bench.plan import RunPlan, operative_config
 from mtrl_bench.provenance import device_name, git_commit, numerics, versions
+from mtrl_bench.request import RunRequest
 from mtrl_bench.runs.rundir import (
     MetricsLog,
     RunLock,
     is_finished,
     numerics_summary,
+    run_dir,
     tracked_by_git,
 )
 from mtrl_bench.runs.tracking import WandbMirror
@@ -91,6 +94,13 @@ def _summary(tasks: list[str], final: dict, best: dict, wall: float,
     return f"{table}\nwall time {wall / 60:.1f} min{timing}"
 
 
+def run_dir_of(plan: RunPlan) -> Path:
+    """The run directory of ``plan``: its cell and seed under the results folder it asks for
+    (the layout is :func:`mtrl_bench.runs.rundir.run_dir`'s)."""
+    return run_dir(plan.results, plan.cfg.suite, plan.cfg.quality, plan.method, plan.cell,
+                   plan.cfg.seed)
+
+
 def run(request: RunRequest) -> Path:
     """Train and evaluate one (suite, quality, method, seed); returns the run directory.
 
@@ -101,7 +111,7 @@ def run(request: RunRequest) -> Path:
     from mtrl_bench.data.dataset import check_data_dir
 
     plan = request.plan()
-    path = plan.path
+    path = run_dir_of(plan)
     if plan.external is None:
         check_data_dir(request.data_dir)
     else:
@@ -134,13 +144,14 @@ def _run_locked(plan: RunPlan, request: RunRequest) -> Path:
     from mtrl_bench.training.model import PromptDTConfig
     from mtrl_bench.training.trainer import Trainer
 
-    cfg, tasks, path, args, method = plan.cfg, plan.tasks, plan.path, plan.arguments, plan.method
+    cfg, tasks, args, method = plan.cfg, plan.tasks, plan.arguments, plan.method
+    path = run_dir_of(plan)
     meta_path = path / "meta.json"
     if request.force and not request.overwrite_committed and tracked_by_git(path):
         raise UserError(f"{path} is a run committed to git; --force would overwrite it. Run "
                         "into another --results-dir, or add --overwrite-committed to redo it")
     if is_finished(path) and not request.force:
-        plan.check_reusable("a finished run")
+        plan.check_reusable(path, "a finished run")
         print(f"run {path} is already finished (use --force to redo it)")
         final = read_json(path / "final.json")
         meta = read_json(meta_path)
@@ -182,7 +193,7 @@ def _run_locked(plan: RunPlan, request: RunRequest) -> Path:
     metrics = MetricsLog(path / "metrics.jsonl")
     checkpoint = path / "checkpoint.pt"
     if checkpoint.exists():
-        plan.check_reusable("the checkpoint of an unfinished run")
+        plan.check_reusable(path, "the checkpoint of an unfinished run")
         trainer.load_checkpoint(checkpoint)
         print(f"resuming {path} from step {trainer.step}/{total_steps}")
     metrics.truncate_after(trainer.step)
@@ -294,7 +305,7 @@ def _note_changed_data(plan: RunPlan) -> None:
                                          if k != "dataset.fingerprint"}}
 
     mine = without_fingerprint(plan.identity)
-    for meta_path in sorted(plan.path.parent.parent.glob("*/seed*/meta.json")):
+    for meta_path in sorted(run_dir_of(plan).parent.parent.glob("*/seed*/meta.json")):
         identity = _read_meta(meta_path).get("identity")
         if (identity and identity != plan.identity
                 and without_fingerprint(identity) == mine):

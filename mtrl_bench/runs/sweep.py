@@ -16,9 +16,10 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
-from mtrl_bench.config import RunRequest
 from mtrl_bench.errors import RunLocked, UserError
+from mtrl_bench.request import RunRequest
 from mtrl_bench.runs.rundir import is_finished, lock_holder
+from mtrl_bench.runs.runner import run_dir_of
 
 
 @dataclass(frozen=True)
@@ -201,15 +202,16 @@ def plan_sweep(specs: list[RunSpec]):
                 notes.append(f"{spec.request.method}: --grid {dropped} has no effect, "
                              "not applied")
         applied.update({binding: None for binding in point})
-        if plan.path in seen:
+        path = run_dir_of(plan)
+        if path in seen:
             continue
-        seen.add(plan.path)
-        holder = lock_holder(plan.path)
+        seen.add(path)
+        holder = lock_holder(path)
         if holder is not None:
             locked.append(f"{spec.label}: in use by {holder}")
             continue
-        if is_finished(plan.path) and not spec.request.force:
-            plan.check_reusable("a finished run")
+        if is_finished(path) and not spec.request.force:
+            plan.check_reusable(path, "a finished run")
             finished += 1
             continue
         todo.append((replace(spec, grid=tuple(point)), plan))
