@@ -322,8 +322,8 @@ def _results_paths(args: argparse.Namespace, output: str) -> tuple[Path, Path]:
 
 
 def configure_table(parser: argparse.ArgumentParser) -> None:
+    from mtrl_bench.analysis.grid import DEFAULT_MIN_SEEDS
     from mtrl_bench.analysis.stats import DEFAULT_RESAMPLES
-    from mtrl_bench.analysis.tables import DEFAULT_MIN_SEEDS
 
     _add_results_arguments(parser, "tables")
     parser.add_argument("--metric", choices=("final", "best"), default="final",
@@ -351,7 +351,8 @@ def configure_table(parser: argparse.ArgumentParser) -> None:
 
 
 def table_command(args: argparse.Namespace) -> int:
-    from mtrl_bench.analysis.tables import TableOptions, build_tables
+    from mtrl_bench.analysis.grid import TableOptions
+    from mtrl_bench.analysis.tables import build_tables
 
     runs_dir, out = _results_paths(args, "tables")
     options = TableOptions(args.metric, tuple(args.baselines) if args.baselines else None,

@@ -130,7 +130,8 @@ BLOCKED_IMPORTS = textwrap.dedent("""
 def analyse_without_registry(runs: Path, out: Path, plots: bool = False) -> None:
     script = BLOCKED_IMPORTS + textwrap.dedent(f"""
         from pathlib import Path
-        from mtrl_bench.analysis.tables import TableOptions, build_tables
+        from mtrl_bench.analysis.grid import TableOptions
+        from mtrl_bench.analysis.tables import build_tables
         build_tables(Path({str(runs)!r}), Path({str(out)!r}) / "tables", TableOptions())
         if {plots!r}:
             from mtrl_bench.analysis.plots import build_plots

@@ -16,6 +16,7 @@ import numpy as np
 
 from mtrl_bench.identity import cell_id, differences, format_value, protocol_id, variant_id
 from mtrl_bench.runs.rundir import RunRecord, numerics_summary
+from mtrl_bench.suites import FIXED_SUITES
 
 # ------------------------------------------------------------------ cells
 
@@ -248,8 +249,6 @@ def suite_label(suite: str) -> str:
 
 
 def suite_key(name: str):
-    from mtrl_bench.suites import FIXED_SUITES
-
     fixed = list(FIXED_SUITES)
     return (fixed.index(name), "") if name in fixed else (len(fixed), name)
 

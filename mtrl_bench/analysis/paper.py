@@ -25,8 +25,10 @@ import numpy as np
 
 from mtrl_bench.analysis import stats
 from mtrl_bench.analysis.cells import Column, column_key, row_key, suite_label
+from mtrl_bench.analysis.grid import Grid, TableOptions
 from mtrl_bench.analysis.render import MISSING, Entry, Table, number
 from mtrl_bench.errors import UserError
+from mtrl_bench.identity import digest
 from mtrl_bench.suites import random_suite_size
 
 #: installed with the package, so the comparison works outside a source checkout too
@@ -77,7 +79,7 @@ def load_reference(path: Path = REFERENCE_FILE) -> list[PaperValue]:
 # ---------------------------------------------------------------------------- Table 2
 
 
-def table2(grid, options, reference: list[PaperValue]):
+def table2(grid: Grid, options: TableOptions, reference: list[PaperValue]):
     """MT50, our rows and the paper's rows for methods this suite does not run."""
     columns = [c for c in grid.columns if c.suite == "mt50"]
     qualities = ["near-optimal", "sub-optimal"]
@@ -130,11 +132,9 @@ def table2(grid, options, reference: list[PaperValue]):
 SUITE_DERIVED = ("run.suite", "dataset.tasks", "dataset.episodes", "dataset.fingerprint")
 
 
-def _draw_groups(grid):
+def _draw_groups(grid: Grid):
     """{(K, quality, protocol without the draw): {row: {suite: CellScores}}} of every
     random-K:SEED cell."""
-    from mtrl_bench.identity import digest
-
     groups: dict = {}
     for (row, column), scores in grid.at.items():
         size = random_suite_size(column.suite)
@@ -147,7 +147,7 @@ def _draw_groups(grid):
     return groups
 
 
-def table3(grid, options):
+def table3(grid: Grid, options: TableOptions):
     """Random task combinations, aggregated over task draws; returns (tables, csv rows)."""
     groups = _draw_groups(grid)
     keys = sorted(groups, key=lambda k: (k[0], k[1], k[2]))
@@ -201,7 +201,7 @@ def table3(grid, options):
     return [main, draws], csv_rows
 
 
-def table3_aggregates(grid) -> dict:
+def table3_aggregates(grid: Grid) -> dict:
     """{(row label, K, quality): (mean, std over draws or None, draws)} for the
     comparison with the paper."""
     out = {}
@@ -217,7 +217,7 @@ def table3_aggregates(grid) -> dict:
 # ---------------------------------------------------------------------------- ours vs paper
 
 
-def _protocol_note(column: Column, grid) -> str:
+def _protocol_note(column: Column, grid: Grid) -> str:
     protocol = next(s.cell.identity["protocol"] for (_, c), s in grid.at.items()
                     if c == column)
     source = protocol.get("dataset.source", "generated")
@@ -229,7 +229,7 @@ def _protocol_note(column: Column, grid) -> str:
     return f"{column.label}: {data}; {budget_text}"
 
 
-def paper_comparison(grid, options, reference: list[PaperValue]):
+def paper_comparison(grid: Grid, options: TableOptions, reference: list[PaperValue]):
     """Every published cell of a method we run: ours, the paper's, ours − paper."""
     triple = table3_aggregates(grid)
     body, csv_rows, used = [], [], {}

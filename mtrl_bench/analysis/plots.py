@@ -42,6 +42,7 @@ from mtrl_bench.analysis.cells import (
     row_key,
     suite_label,
 )
+from mtrl_bench.analysis.grid import Grid, TableOptions, cell_scores, reference_rows
 from mtrl_bench.errors import UserError
 from mtrl_bench.identity import RUNNER_SET, SECTIONS, flatten, format_value
 from mtrl_bench.io import atomic_write, atomic_write_text, read_json
@@ -404,7 +405,6 @@ def aggregate_metrics(series: Series, title: str):
     performance profile (share of (seed, task) success rates above τ, bootstrap band), the
     optimality gap and P(row > the column's reference), each with its 95% interval; every
     interval a bootstrap over whole runs (the tables' aggregates and poi)."""
-    from mtrl_bench.analysis.tables import Grid, TableOptions, cell_scores, reference_rows
 
     scores, _ = cell_scores([cell for cell, _ in series], "final")
     if not scores:

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mtrl_bench.analysis import stats
+from mtrl_bench.analysis import paper, stats
 from mtrl_bench.analysis.cells import (
     Cell,
     Column,
@@ -42,8 +42,13 @@ from mtrl_bench.analysis.cells import (
     group_cells,
     numerics_notes,
     row_key,
-    run_scores,
-    unusable_reason,
+)
+from mtrl_bench.analysis.grid import (
+    CellScores,
+    Grid,
+    TableOptions,
+    cell_scores,
+    reference_rows,
 )
 from mtrl_bench.analysis.render import (
     MISSING,
@@ -62,108 +67,7 @@ from mtrl_bench.io import atomic_write_text
 from mtrl_bench.runs.rundir import MetricsLog, RunRecord, scan_runs
 
 ALPHA = 0.05
-DEFAULT_MIN_SEEDS = 5
-METRIC_LABELS = {
-    "final": "final checkpoint",
-    "best": "best over evaluations (HarmoDT's max over evaluations; not the headline)",
-}
 PAPER = "cf. SoCo-DT paper"
-
-
-# ---------------------------------------------------------------------------- scores
-
-
-@dataclass
-class CellScores:
-    """A cell's numbers for one metric: arrays of shape (seeds, tasks)."""
-
-    cell: Cell
-    tasks: list[str]
-    seeds: list[int]
-    success: np.ndarray
-    returns: np.ndarray
-
-    @property
-    def row(self) -> Row:
-        return self.cell.row
-
-    @property
-    def column(self) -> Column:
-        return self.cell.column
-
-
-def cell_scores(cells: list[Cell], metric: str):
-    """(scores of every cell with usable runs, [(run, why it was left out)]). The cells come
-    from :func:`group_cells`, which already left out runs unusable for the headline metric;
-    ``metric`` "best" (table1_best) may leave out more."""
-    out, left_out = [], []
-    for cell in cells:
-        tasks, seeds, success, returns = None, [], [], []
-        for run in cell.runs:
-            reason = unusable_reason(run, metric)
-            if reason is not None:
-                left_out.append((run, reason))
-                continue
-            run_tasks, s, r = run_scores(run, metric)
-            if tasks is None:
-                tasks = run_tasks
-            order = [run_tasks.index(t) for t in tasks]
-            seeds.append(run.seed)
-            success.append(s[order])
-            returns.append(r[order])
-        if seeds:
-            out.append(CellScores(cell, tasks, seeds, np.stack(success), np.stack(returns)))
-    return out, left_out
-
-
-class Grid:
-    """Cell scores addressed by (row, column), with rows and columns in display order."""
-
-    def __init__(self, scores: list[CellScores]):
-        self.columns = sorted({s.column for s in scores}, key=column_key)
-        self.rows = sorted({s.row for s in scores}, key=row_key)
-        self.at = {(s.row, s.column): s for s in scores}
-
-    def get(self, row: Row, column: Column) -> CellScores | None:
-        return self.at.get((row, column))
-
-    def fixed_suites(self) -> Grid:
-        """The columns of fixed suites (MT5, MT30, ...) when there are any: random-K:SEED
-        draws are aggregated in Table 3 instead."""
-        from mtrl_bench.suites import random_suite_size
-
-        fixed = [s for key, s in self.at.items() if random_suite_size(key[1].suite) is None]
-        return Grid(fixed) if fixed else self
-
-
-@dataclass
-class TableOptions:
-    metric: str = "final"
-    baselines: tuple[str, ...] | None = None  # None: the methods registered as baselines
-    reference: str | None = None  # a row label; None: the best baseline of each column
-    min_seeds: int = DEFAULT_MIN_SEEDS
-    n_resamples: int = stats.DEFAULT_RESAMPLES
-    seed: int = 0
-    paper_reference: Path | None = None  # the paper's numbers (default: the repository's)
-    pairwise: tuple[str, ...] | None = None  # rows of the pairwise P(X > Y) tables; None:
-    # every method's main variant that is not an ablation
-
-    def __post_init__(self):
-        if self.metric not in METRIC_LABELS:
-            raise UserError(f"unknown metric {self.metric!r}; valid: {', '.join(METRIC_LABELS)}")
-        if self.n_resamples < 100:
-            raise UserError(f"--resamples must be at least 100, got {self.n_resamples}")
-        if self.min_seeds < 2:
-            raise UserError(f"--min-seeds must be at least 2, got {self.min_seeds}")
-
-    def is_baseline(self, row: Row) -> bool:
-        if self.baselines is None:
-            return row.role == "baseline"
-        return row.method in self.baselines or row.label in self.baselines
-
-    @property
-    def label(self) -> str:
-        return METRIC_LABELS[self.metric]
 
 
 def mean_std_entry(summary: stats.SeedSummary, scale: float = 100.0, digits: int = 2) -> Entry:
@@ -217,23 +121,6 @@ class Verdict:
         if not self.powered:
             return f"under-powered (<{min_seeds} seeds a side)"
         return "not significant"
-
-
-def reference_rows(grid: Grid, rows: list[Row], options: TableOptions) -> dict[Column, Row]:
-    """Per column the reference baseline: ``options.reference`` where it has runs, else the
-    baseline row with the highest mean among those with at least 2 seeds."""
-    references = {}
-    for column in grid.columns:
-        present = {r.label: grid.get(r, column).success for r in rows if grid.get(r, column)}
-        if options.reference is not None:
-            label = options.reference if options.reference in present else None
-        else:  # main variants only: picking among a baseline's sweep variants is cherry-picking
-            label = stats.best_method(present, [
-                r.label for r in rows if options.is_baseline(r) and r.label in present
-                and (r.label == r.method or r.label in (options.baselines or ()))])
-        if label is not None:
-            references[column] = next(r for r in rows if r.label == label)
-    return references
 
 
 #: the streams two runs of one seed must share to be paired: the initial masks may differ
@@ -897,8 +784,6 @@ def build_tables(runs_dir: Path, out: Path, options: TableOptions) -> tuple[str,
     _check_names(options, cells)
     _prepare_out(out)
     suffix = "" if options.metric == "final" else f"_{options.metric}"
-    from mtrl_bench.analysis import paper
-
     reference, missing_reference = paper.reference_or_none(options.paper_reference)
     builders = [("table1", table1),
                 ("table2", lambda grid, o: paper.table2(grid, o, reference or [])),
