@@ -85,7 +85,13 @@ def test_end_to_end_run_writes_a_complete_run_directory(dirs, capsys):
     assert meta["identity"]["method"]["alpha"] == 20.0  # code defaults are recorded too
     assert meta["identity"]["protocol"]["trainer.total_steps"] == 20
     assert meta["arguments"]["Trainer"]["learning_rate"] == 1e-4
-    assert meta["role"] == {"role": "proposed", "ablation_of": None, "components": "S+A+M"}
+    assert meta["role"] == {"role": "proposed", "ablation_of": None, "components": "S+A+M",
+                            "order": 50}
+    # what tables need to label the row without this code: a plain socodt run's identity
+    assert meta["default_method_identity"] == {**meta["identity"]["method"]}
+    assert list(meta)[:12] == ["method", "suite", "tasks", "quality", "seed", "preset",
+                               "git_commit", "versions", "device", "numerics", "status",
+                               "started"]  # the order meta.json has always had
     stages = meta["stage_seconds"]  # the wall time split by stage; the rest is start-up
     assert set(stages) == {"data", "training", "mask_updates", "evaluation", "final_evaluation",
                            "checkpoints"}

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mtrl_bench.errors import RunLocked, UserError
-from mtrl_bench.io import atomic_write_text, read_json
+from mtrl_bench.io import atomic_write_json, atomic_write_text, read_json
 
 RESULTS_DIR_ENV = "MTRL_BENCH_RESULTS_DIR"
 SEED_DIR = re.compile(r"seed\d+")
@@ -84,6 +84,7 @@ def tracked_by_git(path: Path) -> bool:
 # ------------------------------------------------------------------ the lock
 
 LOCK_FILE = ".lock"
+CHECKPOINT = "checkpoint.pt"  # the run's last checkpoint (kept when finished; git-ignored)
 
 
 class RunLock:
@@ -226,6 +227,69 @@ class MetricsLog:
             if kind is None or record.get("kind") == kind:
                 out.append(record)
         return out
+
+
+# ------------------------------------------------------------------ meta.json, as written
+
+
+@dataclass
+class RunMeta:
+    """meta.json of a run as its runner keeps it: read once, changed through the methods
+    below (each names the moment of a run that changes it), and written whole, atomically,
+    by :meth:`save`. Keys it does not know (added by a later mtrl-bench, or by
+    ``upgrade-records``) are kept as they are."""
+
+    path: Path  # the meta.json file
+    data: dict = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path) -> RunMeta:
+        """The run's meta.json, or an empty one where there is none yet (or only an
+        unreadable one, which the run rewrites)."""
+        try:
+            data = read_json(path)
+        except (OSError, ValueError):
+            data = {}
+        return cls(path, data if isinstance(data, dict) else {})
+
+    def get(self, key: str, default=None):
+        return self.data.get(key, default)
+
+    def save(self) -> None:
+        atomic_write_json(self.path, self.data)
+
+    def start(self, record: dict) -> list[str]:
+        """A (re)start: what the run is, what runs it and under which machine numerics
+        (``record``, in the order meta.json lists them, "status" and "started" among them:
+        the status becomes running, the start time is kept from the first start). Returns
+        the keys of every numerics the run has run under when they differ (a resume
+        elsewhere, also recorded as "numerics_mixed"), else []."""
+        earlier, now = self.data.get("numerics"), record["numerics"]
+        mixed = []
+        if earlier and earlier.get("key") != now["key"]:
+            mixed = sorted({*self.data.get("numerics_mixed", [earlier["key"]]), now["key"]})
+            self.data["numerics_mixed"] = mixed
+        started = self.data.get("started") or datetime.datetime.now().isoformat(
+            timespec="seconds")
+        self.data.update({**record, "status": "running", "started": started})
+        self.save()
+        return mixed
+
+    def checkpoint(self, step: int, records: int, wall_time_s: float, stages: dict) -> None:
+        """A checkpoint was written at ``step`` after ``records`` metrics records."""
+        self.data.update(checkpoint_step=step, records_at_checkpoint=records,
+                         wall_time_s=wall_time_s, stage_seconds=stages)
+        self.save()
+
+    def stop(self, status: str, **why) -> None:
+        """The run stopped early: "diverged" (with why) or "interrupted"."""
+        self.data.update(status=status, **why)
+        self.save()
+
+    def finish(self, wall_time_s: float, stages: dict) -> None:
+        self.data.update(status="finished", wall_time_s=wall_time_s, stage_seconds=stages,
+                         finished=datetime.datetime.now().isoformat(timespec="seconds"))
+        self.save()
 
 
 # ------------------------------------------------------------------ reading runs back

@@ -4,9 +4,9 @@ in a locked run directory (the plan of a run comes from :mod:`mtrl_bench.plan`).
 from __future__ import annotations
 
 import contextlib
-import datetime
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from mtrl_bench.config import target_return
@@ -22,8 +22,10 @@ from mtrl_bench.plan import RunPlan, operative_config
 from mtrl_bench.provenance import device_name, git_commit, numerics, versions
 from mtrl_bench.request import RunRequest
 from mtrl_bench.runs.rundir import (
+    CHECKPOINT,
     MetricsLog,
     RunLock,
+    RunMeta,
     is_finished,
     numerics_summary,
     run_dir,
@@ -134,42 +136,74 @@ def run(request: RunRequest) -> Path:
 
 
 def _run_locked(plan: RunPlan, request: RunRequest) -> Path:
-    import torch
-    from tqdm import tqdm
-
-    from mtrl_bench.data.generation import ensure_suite_dataset
-    from mtrl_bench.evaluation.agents import DecisionTransformerAgent
-    from mtrl_bench.evaluation.evaluator import Evaluator
-    from mtrl_bench.method import build_method, gin_name, method_role
-    from mtrl_bench.training.model import PromptDTConfig
-    from mtrl_bench.training.trainer import Trainer
-
-    cfg, tasks, args, method = plan.cfg, plan.tasks, plan.arguments, plan.method
+    """The run, its directory locked: reuse a finished run, or build everything and train
+    until done, then finish."""
     path = run_dir_of(plan)
-    meta_path = path / "meta.json"
     if request.force and not request.overwrite_committed and tracked_by_git(path):
         raise UserError(f"{path} is a run committed to git; --force would overwrite it. Run "
                         "into another --results-dir, or add --overwrite-committed to redo it")
     if is_finished(path) and not request.force:
-        plan.check_reusable(path, "a finished run")
-        print(f"run {path} is already finished (use --force to redo it)")
-        final = read_json(path / "final.json")
-        meta = read_json(meta_path)
-        print(_summary(final["tasks"], final["final"], final["best"],
-                       meta.get("wall_time_s", 0.0), meta.get("stage_seconds")))
-        return path
+        return _reuse_finished(plan, path)
     if request.force:  # what marks the run resumable or finished goes first: a kill midway leaves
         # a directory that starts over, never one that resumes without its records
         for name in ("meta.json", "checkpoint.pt", "final.json", "episodes.json",
                      "metrics.jsonl"):
             (path / name).unlink(missing_ok=True)
-    meta = _read_meta(meta_path)
+    meta = RunMeta.load(path / "meta.json")
     if meta.get("status") == "diverged":
-        start = (f"its last good checkpoint (step {meta['checkpoint_step']})"
+        start = (f"its last good checkpoint (step {meta.get('checkpoint_step')})"
                  if meta.get("checkpoint_step") else "the start (it has no good checkpoint)")
         raise Diverged(f"{path} diverged before ({meta.get('diverged', 'non-finite numbers')})"
                        f" and would again from {start}: change a setting (that is a new run) "
                        "or pass --force to start it over")
+    session = _build(plan, request, path, meta)
+    result = _train_until_done(session)
+    return _finish(session, result)
+
+
+def _reuse_finished(plan: RunPlan, path: Path) -> Path:
+    plan.check_reusable(path, "a finished run")
+    print(f"run {path} is already finished (use --force to redo it)")
+    final = read_json(path / "final.json")
+    meta = read_json(path / "meta.json")
+    print(_summary(final["tasks"], final["final"], final["best"],
+                  meta.get("wall_time_s", 0.0), meta.get("stage_seconds")))
+    return path
+
+
+@dataclass
+class _Session:
+    """Everything one session of a run works with, from :func:`_build` on."""
+
+    plan: RunPlan
+    request: RunRequest
+    path: Path
+    meta: RunMeta
+    clock: StageClock
+    started: float  # perf_counter at the start of this session
+    earlier_wall: float  # wall time of the sessions before a resume, to their checkpoint
+    datasets: list
+    trainer: object  # training.trainer.Trainer
+    metrics: MetricsLog
+    wandb: WandbMirror
+
+    def wall(self) -> float:
+        return self.earlier_wall + time.perf_counter() - self.started
+
+    def record(self, entry: dict) -> None:
+        self.metrics.append(entry)
+        self.wandb.log(entry)
+
+
+def _build(plan: RunPlan, request: RunRequest, path: Path, meta: RunMeta) -> _Session:
+    """The data (generated if missing), the trainer with its method (resumed from the
+    checkpoint if there is one), the metrics log cut back to it, and the run's record."""
+    from mtrl_bench.data.generation import ensure_suite_dataset
+    from mtrl_bench.method import build_method, gin_name, method_role
+    from mtrl_bench.training.model import PromptDTConfig
+    from mtrl_bench.training.trainer import Trainer
+
+    cfg, tasks, args, method = plan.cfg, plan.tasks, plan.arguments, plan.method
     started = time.perf_counter()
     clock = StageClock(meta.get("stage_seconds"))
     with clock.timing("data"):
@@ -184,62 +218,65 @@ def _run_locked(plan: RunPlan, request: RunRequest) -> Path:
                 raise UserError(f"--regenerate-data: {cfg.data} is not generated by "
                                 "mtrl-bench")
             datasets = plan.external.load()
-    n = len(tasks)
     # every object gets all of its arguments explicitly: what ran is what plan.identity says
     trainer = Trainer(datasets, **{**args["Trainer"],
                                    "method": build_method(method, **args[gin_name(method)])},
                       model_config=PromptDTConfig(**args["PromptDTConfig"]))
-    total_steps = trainer.total_steps
     metrics = MetricsLog(path / "metrics.jsonl")
-    checkpoint = path / "checkpoint.pt"
-    if checkpoint.exists():
+    if (path / CHECKPOINT).exists():
         plan.check_reusable(path, "the checkpoint of an unfinished run")
-        trainer.load_checkpoint(checkpoint)
-        print(f"resuming {path} from step {trainer.step}/{total_steps}")
+        trainer.load_checkpoint(path / CHECKPOINT)
+        print(f"resuming {path} from step {trainer.step}/{trainer.total_steps}")
     metrics.truncate_after(trainer.step)
     if trainer.step and len(metrics.records()) < meta.get("records_at_checkpoint", 0):
         raise UserError(f"{path}: metrics.jsonl lacks records its checkpoint (step "
                         f"{trainer.step}) was made after; pass --force to start over")
-    run_numerics = numerics(trainer.device)
     earlier = meta.get("numerics")
-    if earlier and earlier.get("key") != run_numerics["key"]:
-        print(f"note: {path} was started under other machine numerics ("
-              f"{numerics_summary(earlier)}) than it resumes under "
-              f"({numerics_summary(run_numerics)}); its record says so", file=sys.stderr)
-        meta["numerics_mixed"] = sorted({*meta.get("numerics_mixed", [earlier["key"]]),
-                                         run_numerics["key"]})
-    meta.update({
+    mixed = meta.start({
         "method": method, "suite": cfg.suite, "tasks": tasks, "quality": cfg.quality,
         "seed": cfg.seed, "preset": request.preset, "git_commit": git_commit(),
-        "versions": versions(), "device": device_name(trainer.device), "numerics": run_numerics,
-        "status": "running",
-        "started": meta.get("started") or datetime.datetime.now().isoformat(timespec="seconds"),
-        "total_steps": total_steps, "sequences_per_step": trainer.sequences_per_step,
+        "versions": versions(), "device": device_name(trainer.device),
+        "numerics": numerics(trainer.device), "status": "running", "started": None,
+        "total_steps": trainer.total_steps, "sequences_per_step": trainer.sequences_per_step,
         "cell": plan.cell, "identity": plan.identity, "arguments": args,
-        "streams": trainer.streams,
-        "role": method_role(method).as_dict(),
+        "streams": trainer.streams, "role": method_role(method).as_dict(),
         "default_method_identity": plan.default_method_identity,
     })
-    earlier_wall = meta.get("wall_time_s", 0.0)  # sessions before a resume, to their checkpoint
-    atomic_write_json(meta_path, meta)
+    if mixed:
+        print(f"note: {path} was started under other machine numerics ("
+              f"{numerics_summary(earlier)}) than it resumes under "
+              f"({numerics_summary(meta.get('numerics'))}); its record says so",
+              file=sys.stderr)
     atomic_write_text(path / "config.gin", operative_config(plan))
     wandb = WandbMirror(request.wandb, path, f"{cfg.suite}/{cfg.quality}/{method}/seed{cfg.seed}",
-                   {"method": method, **meta})
-    eval_every = cfg.steps(cfg.eval_every_sequences, n)
+                        {"method": method, **meta.data})
+    return _Session(plan, request, path, meta, clock, started, meta.get("wall_time_s", 0.0),
+                    datasets, trainer, metrics, wandb)
 
-    def record(entry: dict) -> None:
-        metrics.append(entry)
-        wandb.log(entry)
 
+def _train_until_done(session: _Session):
+    """Train to the end of the budget, evaluating every ``Run.eval_every_sequences`` on the
+    periodic goals and checkpointing at every evaluation and checkpoint interval, then
+    evaluate on all the final goals; returns the final evaluation's result."""
+    import torch
+    from tqdm import tqdm
+
+    from mtrl_bench.evaluation.agents import DecisionTransformerAgent
+    from mtrl_bench.evaluation.evaluator import Evaluator
+
+    plan, request, trainer, clock = session.plan, session.request, session.trainer, session.clock
+    cfg, tasks, args = plan.cfg, plan.tasks, plan.arguments
+    total_steps = trainer.total_steps
+    eval_every = cfg.steps(cfg.eval_every_sequences, len(tasks))
     agent = DecisionTransformerAgent.from_datasets(
-        trainer.model, datasets, tasks, masks=trainer.masks,
+        trainer.model, session.datasets, tasks, masks=trainer.masks,
         target_returns=target_return(cfg.eval_target_return),
         autocast_dtype=torch.bfloat16 if trainer.autocast else None)
-    bar = tqdm(total=total_steps, initial=trainer.step, desc=f"{method} {cfg.suite}",
+    bar = tqdm(total=total_steps, initial=trainer.step, desc=f"{plan.method} {cfg.suite}",
                unit="step", disable=not request.progress, dynamic_ncols=True)
 
     def on_metrics(entry: dict) -> None:
-        record(entry)
+        session.record(entry)
         if entry["kind"] == "train":
             bar.update(entry["step"] - bar.n)
             bar.set_postfix(loss=f"{entry['loss']:.4f}", seq_s=f"{entry['sequences_per_s']:.0f}")
@@ -247,7 +284,7 @@ def _run_locked(plan: RunPlan, request: RunRequest) -> Path:
     # evaluation workers as many as the run's threads, unless bound (Evaluator.workers)
     evaluator_args = {**args["Evaluator"],
                       "workers": args["Evaluator"]["workers"] or request.threads}
-    with _record_stop(meta_path, meta), Evaluator(tasks, **evaluator_args) as evaluator:
+    with _record_stop(session.meta), Evaluator(tasks, **evaluator_args) as evaluator:
         while trainer.step < total_steps:
             boundary = min(total_steps, (trainer.step // eval_every + 1) * eval_every,
                            (trainer.step // cfg.checkpoint_every_steps + 1)
@@ -261,38 +298,38 @@ def _run_locked(plan: RunPlan, request: RunRequest) -> Path:
                 trainer.check_weights_finite()
                 with _single_thread_on_cpu(trainer.device), clock.timing("evaluation"):
                     result = evaluator.evaluate(agent, num_goals=cfg.eval_goals)
-                record(result.metrics_record(trainer.step))
+                session.record(result.metrics_record(trainer.step))
                 bar.set_postfix(success=f"{100 * result.mean_success:.1f}%")
             with clock.timing("checkpoints"):
-                trainer.save_checkpoint(checkpoint)
-            meta["checkpoint_step"] = trainer.step
-            meta["records_at_checkpoint"] = len(metrics.records())
-            meta["wall_time_s"] = earlier_wall + time.perf_counter() - started
-            meta["stage_seconds"] = clock.seconds
-            atomic_write_json(meta_path, meta)
+                trainer.save_checkpoint(session.path / CHECKPOINT)
+            session.meta.checkpoint(trainer.step, len(session.metrics.records()),
+                                    session.wall(), clock.seconds)
         bar.close()
         if request.progress:
-            print(f"final evaluation: {n} tasks x {cfg.final_eval_goals} goals")
+            print(f"final evaluation: {len(tasks)} tasks x {cfg.final_eval_goals} goals")
         trainer.check_weights_finite()
         with _single_thread_on_cpu(trainer.device), clock.timing("final_evaluation"):
-            result = evaluator.evaluate(agent, num_goals=cfg.final_eval_goals,
-                                        progress=request.progress)
+            return evaluator.evaluate(agent, num_goals=cfg.final_eval_goals,
+                                      progress=request.progress)
+
+
+def _finish(session: _Session, result) -> Path:
+    """final.json and episodes.json from the final evaluation, the run marked finished."""
+    trainer, tasks, path = session.trainer, session.plan.tasks, session.path
     final = result.to_dict(trainer.step)
-    if not any(r["step"] == trainer.step for r in metrics.records("eval")):
-        record({"kind": "eval", **final})
-    best = max(metrics.records("eval"), key=lambda r: (r["mean_success"], r["step"]))
+    if not any(r["step"] == trainer.step for r in session.metrics.records("eval")):
+        session.record({"kind": "eval", **final})
+    best = max(session.metrics.records("eval"), key=lambda r: (r["mean_success"], r["step"]))
     atomic_write_json(path / "episodes.json", result.episode_dicts())
     atomic_write_json(path / "final.json", {
         "tasks": tasks, "final": final,
         "best": {**best, "label": "best over evaluations (chosen on the evaluation episodes)"},
         **({"masks": trainer.mask_movement()} if trainer.masks is not None else {}),
     })
-    wall = earlier_wall + time.perf_counter() - started
-    meta.update({"status": "finished", "wall_time_s": wall, "stage_seconds": clock.seconds,
-                 "finished": datetime.datetime.now().isoformat(timespec="seconds")})
-    atomic_write_json(meta_path, meta)
-    wandb.finish()
-    print(_summary(tasks, final, best, wall, clock.seconds))
+    wall = session.wall()
+    session.meta.finish(wall, session.clock.seconds)
+    session.wandb.finish()
+    print(_summary(tasks, final, best, wall, session.clock.seconds))
     print(f"results in {path}")
     return path
 
@@ -306,7 +343,7 @@ def _note_changed_data(plan: RunPlan) -> None:
 
     mine = without_fingerprint(plan.identity)
     for meta_path in sorted(run_dir_of(plan).parent.parent.glob("*/seed*/meta.json")):
-        identity = _read_meta(meta_path).get("identity")
+        identity = RunMeta.load(meta_path).get("identity")
         if (identity and identity != plan.identity
                 and without_fingerprint(identity) == mine):
             print(f"note: the files in {plan.cfg.data.split(':', 1)[1]} changed since "
@@ -315,34 +352,23 @@ def _note_changed_data(plan: RunPlan) -> None:
             return
 
 
-def _read_meta(path: Path) -> dict:
-    """meta.json, or {} where there is none yet (or only an unreadable one, which this run
-    rewrites)."""
-    try:
-        return read_json(path)
-    except (OSError, ValueError):
-        return {}
-
-
 @contextlib.contextmanager
-def _record_stop(meta_path: Path, meta: dict):
+def _record_stop(meta: RunMeta):
     """Say in meta.json why the run stopped early: diverged (a rerun explains instead of
     crashing again) or interrupted (Ctrl-C: a rerun resumes; tables list it as such, not as
     running)."""
     try:
         yield
     except Diverged as err:
-        meta.update(status="diverged", diverged=str(err))
-        atomic_write_json(meta_path, meta)
-        kept = (f"keeps its last good checkpoint (step {meta['checkpoint_step']})"
+        meta.stop("diverged", diverged=str(err))
+        kept = (f"keeps its last good checkpoint (step {meta.get('checkpoint_step')})"
                 if meta.get("checkpoint_step") else "has no checkpoint (none was good)")
-        raise Diverged(f"{err}; {meta_path.parent} {kept}") from None
+        raise Diverged(f"{err}; {meta.path.parent} {kept}") from None
     except KeyboardInterrupt:
-        meta["status"] = "interrupted"
-        atomic_write_json(meta_path, meta)
-        start = (f"its checkpoint at step {meta['checkpoint_step']}"
+        meta.stop("interrupted")
+        start = (f"its checkpoint at step {meta.get('checkpoint_step')}"
                  if meta.get("checkpoint_step") else "the start")
-        print(f"{meta_path.parent}: interrupted; the same command resumes it from {start}",
+        print(f"{meta.path.parent}: interrupted; the same command resumes it from {start}",
               file=sys.stderr)
         raise
 
