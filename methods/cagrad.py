@@ -72,12 +72,15 @@ def cagrad_weights(gram: np.ndarray, c: float) -> tuple[np.ndarray, float]:
 
 
 def _normalised_gap(gram, w, c, norms, g0_norm) -> float:
-    """(F(w) − min_i g_i·d(w)) / (||g0||·max_i ||g_i||), all from the Gram matrix."""
+    """(F(w) − min_i g_i·d(w)) / (||g0||·max_i ||g_i||), all from the Gram matrix, the
+    minimum over the tasks the solve weighs: a task with a zero gradient has g_i·d = 0
+    whatever d is, which is no sign of an inexact solve."""
     g_w_norm = float(np.sqrt(max(w @ gram @ w, 0.0)))
     dual = float(w @ gram.mean(axis=1)) + c * g0_norm * g_w_norm
     improvement = gram.mean(axis=1) + (c * g0_norm / g_w_norm * (gram @ w)
                                        if g_w_norm > 0 else 0.0)  # g_i·d for every task
-    return max(dual - float(improvement.min()), 0.0) / (g0_norm * float(norms.max()))
+    worst = float(improvement[norms > 0].min())
+    return max(dual - worst, 0.0) / (g0_norm * float(norms.max()))
 
 
 def cagrad_direction(grads: torch.Tensor, c: float, rescale: bool = True,
