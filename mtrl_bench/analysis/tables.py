@@ -146,10 +146,25 @@ def paired_by_seed(a: CellScores, b: CellScores) -> tuple[np.ndarray, np.ndarray
             b.success[[b.seeds.index(s) for s in common]])
 
 
-def table1(grid: Grid, options: TableOptions):
-    """Paper Table 1 with Δ vs a named reference baseline; returns (tables, csv rows)."""
-    grid = grid.fixed_suites()
-    rows = [r for r in grid.rows if r.role != "ablation"]
+@dataclass
+class Table1Tests:
+    """Every comparison of Table 1 with its column's reference, and the verdict rule."""
+
+    references: dict[Column, Row]
+    pending: list[tuple[Column, Row, stats.Comparison]]
+    adjusted: list[float | None]  # Benjamini-Hochberg over the defined Welch p-values
+    verdicts: dict[tuple[Row, Column], Verdict]
+    paired: dict[tuple[Row, Column], stats.Interval | None]
+
+    @property
+    def tested(self) -> int:
+        return sum(p is not None for p in self.adjusted)
+
+
+def table1_tests(grid: Grid, rows: list[Row], options: TableOptions) -> Table1Tests:
+    """Each row against its column's reference (Welch, and paired by seed where the records
+    show shared streams), BH over the table, and the arrow rule: at least ``min_seeds`` a
+    side, adjusted p < ALPHA and an interval that excludes 0."""
     references = reference_rows(grid, rows, options)
     pending = []  # (column, row, Comparison)
     paired: dict[tuple[Row, Column], stats.Interval | None] = {}
@@ -169,11 +184,118 @@ def table1(grid: Grid, options: TableOptions):
         significant = p_adj is not None and p_adj < ALPHA and comp.diff.excludes_zero()
         mark = ("up" if comp.diff.estimate > 0 else "down") if powered and significant else ""
         verdicts[(row, column)] = Verdict(comp, p_adj, powered, mark)
-    tested = sum(p is not None for p in adjusted)
+    return Table1Tests(references, pending, adjusted, verdicts, paired)
 
+
+def _delta_entry(row: Row, reference: Row | None, verdict: Verdict | None) -> Entry:
+    """Table 1's Δ cell: the difference with its Welch interval and the arrow."""
+    if reference is None:
+        return Entry(MISSING)
+    if row == reference:
+        return Entry("reference")
+    diff = verdict.comparison.diff
+    text = f"{pct(diff.estimate, signed=True)} {interval_text(diff.low, diff.high)}"
+    text = text.replace(" n/a", " [n/a]")
+    if diff.low is not None and not verdict.powered:
+        text += " under-powered"
+    return Entry(text, mark=verdict.mark)
+
+
+def _table1_record(record: dict, scores: CellScores, summary: stats.SeedSummary, bold: bool,
+                   reference: Row | None, verdict: Verdict | None,
+                   pair: stats.Interval | None, options: TableOptions) -> dict:
+    """Table 1's CSV row of one finished cell."""
+    mean = stats.mean_ci(scores.success)
+    returns = stats.summarize(scores.returns)
+    record.update({
+        "cell": scores.cell.id,
+        "status": "finished", "n": summary.n,
+        "mean_success_pct": 100 * summary.mean,
+        "std_success_pct": nan_if_none(summary.std, 100),
+        "ci_low_success_pct": nan_if_none(mean.low, 100),
+        "ci_high_success_pct": nan_if_none(mean.high, 100),
+        "mean_return": returns.mean, "std_return": nan_if_none(returns.std),
+        "best_in_column": bold,
+        "reference": reference.label if reference else None})
+    if verdict is not None:
+        comp = verdict.comparison
+        record.update(
+            n_reference=comp.n_baseline, diff_pct=100 * comp.diff.estimate,
+            diff_ci_low_pct=nan_if_none(comp.diff.low, 100),
+            diff_ci_high_pct=nan_if_none(comp.diff.high, 100),
+            p_welch=nan_if_none(comp.p_welch), p_welch_bh=nan_if_none(verdict.p_adjusted),
+            p_mann_whitney=nan_if_none(comp.p_mann_whitney),
+            verdict=verdict.text(options.min_seeds))
+        record.update(
+            paired_diff_ci_low_pct=nan_if_none(pair and pair.low, 100),
+            paired_diff_ci_high_pct=nan_if_none(pair and pair.high, 100))
+    return record
+
+
+def _table1_notes(grid: Grid, rows: list[Row], tests: Table1Tests,
+                  options: TableOptions) -> list[str]:
+    how = ("the row given with --reference" if options.reference else
+           "the baseline with the highest mean among those with at least 2 seeds (with none, "
+           "the highest); only baselines at their default parameters compete")
+    baselines = (", ".join(options.baselines) if options.baselines is not None
+                 else "methods registered as baselines")
+    notes = [
+        f"Success rate (%) at the {options.label}: mean ± sample std (ddof=1) over seeds of "
+        "each seed's mean over the suite's tasks; n = seeds; — = no finished run (never "
+        "counted as 0); bold = best in the column.",
+        "Δ = row − the column's reference in percentage points, with the 95% Welch "
+        "t-interval of the difference of per-seed means. Seeds are the unit: one seed is one "
+        "model trained on every task, so a seed's luck moves all of its tasks together and "
+        "only whole runs replicate.",
+        f"↑/↓ = higher/lower than the reference: at least {options.min_seeds} seeds on both "
+        f"sides, Welch p < {ALPHA} after Benjamini-Hochberg adjustment over the "
+        f"{tests.tested} p-values defined in this table, and the interval excludes 0. With "
+        "fewer seeds the Δ says under-powered and no arrow is drawn.",
+        f"Reference per column: {how}; baselines: {baselines}.",
+        *_identity_notes(rows, grid),
+        *numerics_notes([s.cell for s in grid.at.values()]),
+    ]
+    if any(r.role == "ablation" for r in grid.rows):
+        notes.append("Ablations are in the ablation table (table4).")
+    return notes
+
+
+def _table1_comparisons(tests: Table1Tests, options: TableOptions) -> Table:
+    comp_rows = []
+    for (column, row, comp), p_adj in zip(tests.pending, tests.adjusted):
+        verdict = tests.verdicts[(row, column)]
+        pair = tests.paired[(row, column)]
+        comp_rows.append([
+            column.label, row.label, comp.baseline, pct(comp.diff.estimate, signed=True),
+            interval_text(comp.diff.low, comp.diff.high), fmt_p(comp.p_welch), fmt_p(p_adj),
+            fmt_p(comp.p_mann_whitney), f"{comp.n_method} vs {comp.n_baseline}",
+            verdict.text(options.min_seeds),
+            MISSING if pair is None else interval_text(pair.low, pair.high),
+        ])
+    return Table(
+        "table1_comparisons", f"Every comparison with the reference, {options.label}",
+        [("", h) for h in ("Column", "Row", "Reference", "Δ (pp)", "95% CI (Welch)",
+                           "Welch p", "Welch p (BH)", "Mann-Whitney p", "Seeds", "Verdict",
+                           "95% CI paired by seed")],
+        comp_rows,
+        [f"Benjamini-Hochberg over the {tests.tested} defined Welch p-values. Mann-Whitney p "
+         "is coarse with few seeds: 3 vs 3 cannot go below 0.1, 5 vs 5 not below 0.008.",
+         "Paired by seed: the t-interval of the mean per-seed difference, only where every "
+         "seed both cells have was run from the same initial weights and batch stream (the "
+         "digests in each run's meta.json \"streams\"); — where the records do not show it "
+         "(runs made before streams were recorded, or another model such as MTDT's). A "
+         "secondary analysis: verdicts use the Welch test."])
+
+
+def table1(grid: Grid, options: TableOptions):
+    """Paper Table 1 with Δ vs a named reference baseline; returns (tables, csv rows): the
+    tests (:func:`table1_tests`), then the layout, one CSV record per cell, the notes."""
+    grid = grid.fixed_suites()
+    rows = [r for r in grid.rows if r.role != "ablation"]
+    tests = table1_tests(grid, rows, options)
     columns = [("", "Method")]
     for column in grid.columns:
-        reference = references.get(column)
+        reference = tests.references.get(column)
         columns += [(column.label, "success (%)"),
                     (column.label, f"Δ vs {reference.label} (pp)" if reference
                      else "Δ (no reference)")]
@@ -190,102 +312,18 @@ def table1(grid: Grid, options: TableOptions):
                 line += [Entry(MISSING), Entry(MISSING)]
                 csv_rows.append({**record, "status": "missing", "n": 0})
                 continue
-            summary = summaries[(row, column)]
-            entry = mean_std_entry(summary)
+            entry = mean_std_entry(summaries[(row, column)])
             entry.bold = row in bold[column]
-            verdict = verdicts.get((row, column))
-            reference = references.get(column)
-            if reference is None:
-                delta = Entry(MISSING)
-            elif row == reference:
-                delta = Entry("reference")
-            else:
-                diff = verdict.comparison.diff
-                text = f"{pct(diff.estimate, signed=True)} {interval_text(diff.low, diff.high)}"
-                text = text.replace(" n/a", " [n/a]")
-                if diff.low is not None and not verdict.powered:
-                    text += " under-powered"
-                delta = Entry(text, mark=verdict.mark)
-            line += [entry, delta]
-            mean = stats.mean_ci(scores.success)
-            returns = stats.summarize(scores.returns)
-            record.update({
-                "cell": scores.cell.id,
-                "status": "finished", "n": summary.n,
-                "mean_success_pct": 100 * summary.mean,
-                "std_success_pct": nan_if_none(summary.std, 100),
-                "ci_low_success_pct": nan_if_none(mean.low, 100),
-                "ci_high_success_pct": nan_if_none(mean.high, 100),
-                "mean_return": returns.mean, "std_return": nan_if_none(returns.std),
-                "best_in_column": entry.bold,
-                "reference": reference.label if reference else None})
-            if verdict is not None:
-                comp = verdict.comparison
-                record.update(
-                    n_reference=comp.n_baseline, diff_pct=100 * comp.diff.estimate,
-                    diff_ci_low_pct=nan_if_none(comp.diff.low, 100),
-                    diff_ci_high_pct=nan_if_none(comp.diff.high, 100),
-                    p_welch=nan_if_none(comp.p_welch), p_welch_bh=nan_if_none(verdict.p_adjusted),
-                    p_mann_whitney=nan_if_none(comp.p_mann_whitney),
-                    verdict=verdict.text(options.min_seeds))
-                pair = paired.get((row, column))
-                record.update(
-                    paired_diff_ci_low_pct=nan_if_none(pair and pair.low, 100),
-                    paired_diff_ci_high_pct=nan_if_none(pair and pair.high, 100))
-            csv_rows.append(record)
+            reference = tests.references.get(column)
+            verdict = tests.verdicts.get((row, column))
+            line += [entry, _delta_entry(row, reference, verdict)]
+            csv_rows.append(_table1_record(record, scores, summaries[(row, column)],
+                                           entry.bold, reference, verdict,
+                                           tests.paired.get((row, column)), options))
         body.append(line)
-
-    how = ("the row given with --reference" if options.reference else
-           "the baseline with the highest mean among those with at least 2 seeds (with none, "
-           "the highest); only baselines at their default parameters compete")
-    baselines = (", ".join(options.baselines) if options.baselines is not None
-                 else "methods registered as baselines")
-    notes = [
-        f"Success rate (%) at the {options.label}: mean ± sample std (ddof=1) over seeds of "
-        "each seed's mean over the suite's tasks; n = seeds; — = no finished run (never "
-        "counted as 0); bold = best in the column.",
-        "Δ = row − the column's reference in percentage points, with the 95% Welch "
-        "t-interval of the difference of per-seed means. Seeds are the unit: one seed is one "
-        "model trained on every task, so a seed's luck moves all of its tasks together and "
-        "only whole runs replicate.",
-        f"↑/↓ = higher/lower than the reference: at least {options.min_seeds} seeds on both "
-        f"sides, Welch p < {ALPHA} after Benjamini-Hochberg adjustment over the {tested} "
-        "p-values defined in this table, and the interval excludes 0. With fewer seeds the "
-        "Δ says under-powered and no arrow is drawn.",
-        f"Reference per column: {how}; baselines: {baselines}.",
-        *_identity_notes(rows, grid),
-        *numerics_notes([s.cell for s in grid.at.values()]),
-    ]
-    if any(r.role == "ablation" for r in grid.rows):
-        notes.append("Ablations are in the ablation table (table4).")
-    main = Table("table1", f"Success rate (%), {options.label}", columns, body, notes,
-                 source=f"{PAPER} Table 1")
-
-    comp_rows = []
-    for (column, row, comp), p_adj in zip(pending, adjusted):
-        verdict = verdicts[(row, column)]
-        pair = paired[(row, column)]
-        comp_rows.append([
-            column.label, row.label, comp.baseline, pct(comp.diff.estimate, signed=True),
-            interval_text(comp.diff.low, comp.diff.high), fmt_p(comp.p_welch), fmt_p(p_adj),
-            fmt_p(comp.p_mann_whitney), f"{comp.n_method} vs {comp.n_baseline}",
-            verdict.text(options.min_seeds),
-            MISSING if pair is None else interval_text(pair.low, pair.high),
-        ])
-    comparisons = Table(
-        "table1_comparisons", f"Every comparison with the reference, {options.label}",
-        [("", h) for h in ("Column", "Row", "Reference", "Δ (pp)", "95% CI (Welch)",
-                           "Welch p", "Welch p (BH)", "Mann-Whitney p", "Seeds", "Verdict",
-                           "95% CI paired by seed")],
-        comp_rows,
-        [f"Benjamini-Hochberg over the {tested} defined Welch p-values. Mann-Whitney p is "
-         "coarse with few seeds: 3 vs 3 cannot go below 0.1, 5 vs 5 not below 0.008.",
-         "Paired by seed: the t-interval of the mean per-seed difference, only where every "
-         "seed both cells have was run from the same initial weights and batch stream (the "
-         "digests in each run's meta.json \"streams\"); — where the records do not show it "
-         "(runs made before streams were recorded, or another model such as MTDT's). A "
-         "secondary analysis: verdicts use the Welch test."])
-    return [main, comparisons], csv_rows
+    main = Table("table1", f"Success rate (%), {options.label}", columns, body,
+                 _table1_notes(grid, rows, tests, options), source=f"{PAPER} Table 1")
+    return [main, _table1_comparisons(tests, options)], csv_rows
 
 
 # ---------------------------------------------------------------------------- Table 4
