@@ -101,6 +101,50 @@ def test_every_import_edge_keeps_to_the_layers():
     assert not problems, "\n".join(problems)
 
 
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the package modules it imports, function-local imports included."""
+    modules = package_modules()
+    graph = {}
+    for module, path in modules.items():
+        deps = set()
+        for target in imports(path, f"mtrl_bench.{module}" if module else "mtrl_bench"):
+            if target == "mtrl_bench" or target.startswith("mtrl_bench."):
+                name = target.removeprefix("mtrl_bench").lstrip(".")
+                while name and name not in modules:  # a name imported from a module
+                    name = name.rpartition(".")[0]
+                if name != module:
+                    deps.add(name)
+        graph[module] = deps
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    found, state, stack = [], {}, []
+
+    def visit(node):
+        state[node] = "open"
+        stack.append(node)
+        for dep in sorted(graph.get(node, ())):
+            if state.get(dep) == "open":
+                found.append(stack[stack.index(dep):] + [dep])
+            elif dep not in state:
+                visit(dep)
+        stack.pop()
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+    return found
+
+
+def test_no_import_cycle_even_through_function_local_imports():
+    """Function-local imports keep the command line fast (torch loads only where needed);
+    none of them hides a cycle."""
+    assert cycles(import_graph()) == []
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c", "a"]]
+
+
 def test_the_layering_test_finds_a_planted_edge(tmp_path):
     planted = tmp_path / "cells.py"
     planted.write_text("def f():\n    from mtrl_bench.config import plan_run\n"
