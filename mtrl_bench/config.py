@@ -73,8 +73,8 @@ def parse_gin(method: str, preset: str, gin_files: list[str], bindings: list[str
 
     Bindings the user adds or changes must take effect in this run (see
     :func:`check_bindings_take_effect`), and a flag may not silently override the user's own
-    binding of the same field; the package's own files may bind other methods' parameters
-    (an ablation's file includes its parent's)."""
+    binding of the same field; the package's own files are exempt from that check (they
+    are the baseline a user's binding is compared with)."""
     files = _package_files(method, preset)
     user_files = []
     for name in gin_files:
