@@ -149,3 +149,27 @@ def test_random_churn_with_no_counts_is_random_masks(datasets):
     assert torch.equal(churn.masks.values, fixed.masks.values)
     for a, b in zip(churn.model.parameters(), fixed.model.parameters()):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("method, repeats", [("promptdt", True), ("random-masks", True),
+                                             ("socodt", False)])
+def test_a_longer_budget_repeats_the_shorter_runs_first_steps(datasets, method, repeats):
+    """E1's check (results/README): nothing in promptdt or random-masks depends on the
+    budget (warm-up is in steps, the learning rate constant after it), so 4x the budget
+    repeats the shorter run's first steps bit for bit; socodt's beta_t is stretched over
+    the longer horizon, so its masks, and then its weights, part ways."""
+    def losses(total_steps):
+        trainer = Trainer(datasets, build_method(method, update_interval=2),
+                          total_steps=total_steps, warmup_steps=1, device="cpu", seed=0,
+                          model_config=CONFIG, log_every=1)
+        seen = []
+        trainer.train(6, lambda entry: seen.append(entry.get("loss")))
+        return trainer, [x for x in seen if x is not None]
+
+    short, short_losses = losses(6)
+    long, long_losses = losses(24)
+    same = all(torch.equal(a, b) for a, b in zip(short.model.state_dict().values(),
+                                                 long.model.state_dict().values()))
+    assert same == repeats
+    assert len(short_losses) == 6
+    assert (short_losses == long_losses) == repeats
