@@ -16,6 +16,7 @@ import torch
 from mtrl_bench.errors import UserError
 from mtrl_bench.method import MaskUpdateContext, register_method
 
+from .erk import ERK_SPARSITY
 from .random_masks import RandomMasks
 
 
@@ -24,7 +25,7 @@ from .random_masks import RandomMasks
 class RandomChurn(RandomMasks):
     """Control: random masks whose entries churn at random, as many per update as TAMU's."""
 
-    def __init__(self, update_interval: int = 10, initial_sparsity: float = 0.2,
+    def __init__(self, update_interval: int = 10, initial_sparsity: float = ERK_SPARSITY,
                  conflicted_per_update: int = 0, recovered_per_update: int = 0):
         super().__init__(update_interval, initial_sparsity)
         if min(conflicted_per_update, recovered_per_update) < 0:

@@ -382,6 +382,33 @@ def plot_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def configure_compare(parser: argparse.ArgumentParser) -> None:
+    from mtrl_bench.analysis.grid import DEFAULT_MIN_SEEDS
+
+    _add_results_arguments(parser, "planned")
+    parser.add_argument("--plan", type=Path, required=True,
+                        help="TOML file of [[family]] entries (name, pairs of rows, optional "
+                             "columns): the comparisons an experiment planned, e.g. "
+                             "results/plan.toml")
+    parser.add_argument("--metric", choices=("final", "best"), default="final",
+                        help="final checkpoint (default) or best over evaluations")
+    parser.add_argument("--min-seeds", type=int, default=DEFAULT_MIN_SEEDS,
+                        help="seeds needed on both sides before an arrow is drawn "
+                             "(default: %(default)s)")
+
+
+def compare_command(args: argparse.Namespace) -> int:
+    from mtrl_bench.analysis.grid import TableOptions
+    from mtrl_bench.analysis.planned import build_planned
+
+    runs_dir, out = _results_paths(args, "planned")
+    options = TableOptions(args.metric, min_seeds=args.min_seeds)
+    markdown, files = build_planned(runs_dir, out, args.plan, options)
+    print(markdown)
+    print(f"wrote {len(files)} files to {out}")
+    return 0
+
+
 def configure_upgrade_records(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results-dir", default=None,
                         help="results root (default $MTRL_BENCH_RESULTS_DIR or "
@@ -425,6 +452,8 @@ COMMANDS = {
               "paper-style tables (Markdown, CSV, LaTeX) from results/runs"),
     "plot": (configure_plot, plot_command,
              "learning curves, mask sparsity, beta and conflict figures"),
+    "compare": (configure_compare, compare_command,
+                "planned comparisons of named pairs of rows, one BH family per experiment"),
     "upgrade-records": (configure_upgrade_records, upgrade_records_command,
                         "add what tables read to the records of runs made by an older "
                         "mtrl-bench"),

@@ -478,3 +478,57 @@ def test_comparisons_pair_by_seed_only_where_the_records_show_shared_streams(tmp
     mtdt_line = next(line for line in markdown.splitlines() if "| mtdt " in line and
                      "harmodt-r" in line)
     assert mtdt_line.rstrip(" |").endswith("—")
+
+
+def test_planned_comparisons_one_bh_family_each(tables, tmp_path, capsys):
+    """`mtrl-bench compare`: the named pairs, Welch checked by the textbook formulas, BH
+    over the family's p-values only, rows named by label or method{param=value}, and the
+    pairs that cannot be tested said so."""
+    runs, out = tables
+    plan = tmp_path / "plan.toml"
+    plan.write_text('''
+[[family]]
+name = "F"
+where = {"run.budget_sequences" = 16000}
+pairs = [["socodt", "harmodt-f"], ["promptdt", "harmodt-f"],
+         ["socodt{beta_min=10.0}", "promptdt"], ["nothing-dt", "promptdt"]]
+
+[[family]]
+name = "G"
+columns = ["MT5 sub-optimal"]
+pairs = [["socodt", "promptdt"]]
+''')
+    root = out.parent
+    assert main(["compare", "--plan", str(plan), "--results-dir", str(root)]) == 0
+    capsys.readouterr()
+    frame = pd.read_csv(root / "planned" / "F.csv")
+    tested = {(r.column, r.row_a, r.row_b): r for r in frame.itertuples()}
+    p_values = []
+    for (a, b, quality) in (("socodt", "harmodt-f", "near-optimal"),
+                            ("socodt", "harmodt-f", "sub-optimal"),
+                            ("promptdt", "harmodt-f", "near-optimal"),
+                            ("promptdt", "harmodt-f", "sub-optimal")):
+        column = NEAR if quality == "near-optimal" else SUB
+        row = tested[(column, a, b)]
+        x = scores(main_runs(runs, a, quality))[0].mean(axis=1)
+        y = scores(main_runs(runs, b, quality))[0].mean(axis=1)
+        diff, low, high, p = welch(x, y)
+        assert row.diff_pct == pytest.approx(100 * diff)
+        assert (row.diff_ci_low_pct, row.diff_ci_high_pct) == pytest.approx((100 * low, 100 * high))
+        assert row.p_welch == pytest.approx(p)
+        p_values.append(p)
+    variant = tested[(NEAR, "socodt [beta_min=10.0]", "promptdt")]  # named by its parameter
+    assert variant.n_a == 1 and variant.verdict == "under-powered"
+    adjusted = sps.false_discovery_control(p_values)  # the 1-seed variant has no p-value
+    assert [tested[k].p_welch_bh for k in tested if not math.isnan(tested[k].p_welch)] == \
+        pytest.approx(list(adjusted))
+    markdown = (root / "planned" / "F.md").read_text()
+    assert "no row named 'nothing-dt' has runs" in markdown
+    assert "[2]" not in " ".join(frame["column"])  # the other budget's column is left out
+    other = pd.read_csv(root / "planned" / "G.csv")  # its own family: BH over one p-value
+    assert list(other["column"]) == [SUB] and other["p_welch_bh"][0] == pytest.approx(
+        other["p_welch"][0])
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[family]]\nname = "H"\npairs = [["socodt"]]\n')
+    assert main(["compare", "--plan", str(bad), "--results-dir", str(root)]) == 2
+    assert "needs pairs" in capsys.readouterr().err

@@ -759,7 +759,7 @@ def _left_out_markdown(lines: list[str]) -> str:
     return "\nRuns left out:\n" + "".join(f"- {line}\n" for line in lines)
 
 
-def _write(out: Path, name: str, tables: list[Table], csv_rows: list[dict],
+def write_tables(out: Path, name: str, tables: list[Table], csv_rows: list[dict],
            left_out: list[str]) -> tuple[str, list[Path]]:
     markdown = "\n".join(t.markdown() for t in tables) + _left_out_markdown(left_out)
     latex = ("% mtrl-bench tables; needs \\usepackage{booktabs}\n"
@@ -780,7 +780,7 @@ def _write_file(path: Path, text: str) -> Path:
     return path
 
 
-def _prepare_out(out: Path) -> None:
+def prepare_out(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -820,7 +820,7 @@ def build_tables(runs_dir: Path, out: Path, options: TableOptions) -> tuple[str,
     runs = finished_runs_or_error(runs_dir)
     cells, left_out = group_cells(runs, options.metric)  # the one selection of runs
     _check_names(options, cells)
-    _prepare_out(out)
+    prepare_out(out)
     suffix = "" if options.metric == "final" else f"_{options.metric}"
     reference, missing_reference = paper.reference_or_none(options.paper_reference)
     builders = [("table1", table1),
@@ -852,12 +852,13 @@ def build_tables(runs_dir: Path, out: Path, options: TableOptions) -> tuple[str,
             else:
                 name += suffix
             tables, rows = build(grid, metric_options)
-            markdown, written = _write(out, name, tables, rows, lines)
+            markdown, written = write_tables(out, name, tables, rows, lines)
             outputs.append(markdown)
             files += written
     if options.metric == "final":
         tables, rows = mask_dynamics_table(cells, options)
-        markdown, written = _write(out, "mask_dynamics", tables, rows, left_out_lines(left_out))
+        markdown, written = write_tables(out, "mask_dynamics", tables, rows,
+                                         left_out_lines(left_out))
         outputs.append(markdown)
         files += written
         files.append(_write_file(out / "runs_long.csv", csv_text(long_rows(cells))))
