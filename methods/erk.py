@@ -60,11 +60,13 @@ class ERKMaskMethod(Method):
     ``initial_sparsity`` (HarmoDT, SoCo-DT); each declares the parameter in its own
     signature with :data:`ERK_SPARSITY` as its default, and this checks it."""
 
+    sparsity_parameter = "initial_sparsity"  # its name in the signature (HarmoDT: sparsity)
+
     def __init__(self, update_interval: int, initial_sparsity: float):
         super().__init__(update_interval)
         if not 0.0 <= initial_sparsity < 1.0:
-            raise UserError(
-                f"{self.name}: initial_sparsity must be in [0, 1), got {initial_sparsity}")
+            raise UserError(f"{self.name}: {self.sparsity_parameter} must be in [0, 1), got "
+                            f"{initial_sparsity}")
         self.initial_sparsity = initial_sparsity
 
     def initial_masks(

@@ -45,6 +45,7 @@ class HarmoDT(ERKMaskMethod):
     #: the extra prune-score term, one of SCORE_TERMS; each registered variant fixes its own
     #: (a class option, not a gin parameter, so a method key always means one variant)
     score_term = "fisher"
+    sparsity_parameter = "sparsity"  # HarmoDT's name; the others say initial_sparsity
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

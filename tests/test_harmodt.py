@@ -6,6 +6,7 @@ import pytest
 import torch
 from mtrl_bench.methods.harmodt import prune_count
 
+from mtrl_bench.errors import UserError
 from mtrl_bench.method import MaskUpdateContext, build_method
 from mtrl_bench.training.masking import MaskSegment
 
@@ -101,3 +102,11 @@ def test_erk_initial_masks_at_sparsity():
     assert set(masks.unique().tolist()) == {0.0, 1.0}
     assert torch.allclose(1 - masks.mean(1), torch.full((3,), 0.2), atol=1e-3)
     assert not torch.equal(masks[0], masks[1])  # independent per task
+
+
+def test_an_out_of_range_sparsity_is_named_as_the_method_spells_it():
+    """One check for every ERK method (methods/erk.py), in each one's own words."""
+    with pytest.raises(UserError, match="harmodt-f: sparsity must be in"):
+        build_method("harmodt-f", sparsity=1.5)
+    with pytest.raises(UserError, match="random-masks: initial_sparsity must be in"):
+        build_method("random-masks", initial_sparsity=-0.1)
