@@ -388,8 +388,8 @@ def configure_compare(parser: argparse.ArgumentParser) -> None:
     _add_results_arguments(parser, "planned")
     parser.add_argument("--plan", type=Path, required=True,
                         help="TOML file of [[family]] entries (name, pairs of rows, optional "
-                             "columns): the comparisons an experiment planned, e.g. "
-                             "results/plan.toml")
+                             "columns and where = {protocol entry = value}): the comparisons "
+                             "an experiment planned, e.g. results/plan.toml")
     parser.add_argument("--metric", choices=("final", "best"), default="final",
                         help="final checkpoint (default) or best over evaluations")
     parser.add_argument("--min-seeds", type=int, default=DEFAULT_MIN_SEEDS,
