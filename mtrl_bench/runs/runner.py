@@ -146,7 +146,7 @@ def _run_locked(plan: RunPlan, request: RunRequest) -> Path:
         return _reuse_finished(plan, path)
     if request.force:  # what marks the run resumable or finished goes first: a kill midway leaves
         # a directory that starts over, never one that resumes without its records
-        for name in ("meta.json", "checkpoint.pt", "final.json", "episodes.json",
+        for name in ("meta.json", CHECKPOINT, "final.json", "episodes.json",
                      "metrics.jsonl"):
             (path / name).unlink(missing_ok=True)
     meta = RunMeta.load(path / "meta.json")
