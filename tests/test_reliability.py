@@ -145,8 +145,10 @@ KILLER = textwrap.dedent("""
     if __name__ == "__main__":  # env workers are spawned: they import this file too
         sys.exit(cli.main(sys.argv[3:]))
 """)
-#: (where the process is SIGKILLed, after how many of those events)
-KILL_POINTS = [("train", 1), ("mask", 2), ("eval", 1), ("checkpoint", 2), ("eval@final", 1),
+#: (where each process of the chain is SIGKILLed, after how many of those events in it), in
+#: the order the tiny run meets them (train 3, mask 6, eval 10, mask 11, checkpoint 15,
+#: final eval 20): each resumed process still has its kill point ahead of it
+KILL_POINTS = [("train", 1), ("eval", 1), ("mask", 1), ("checkpoint", 1), ("eval@final", 1),
                ("final.json", 1)]
 TIMING = ("sequences_per_s",)
 
@@ -160,7 +162,9 @@ def _log(path):
 def test_kills_at_every_record_boundary_leave_no_duplicate_or_missing_records(tmp_path,
                                                                               data_dir):
     """SIGKILL right after each kind of record (and after a checkpoint, and after
-    final.json), then resume: metrics.jsonl and final.json equal an uninterrupted run's."""
+    final.json), each process resuming the one killed before it: the log is always a prefix
+    of an uninterrupted run's, and after the last resume metrics.jsonl and final.json equal
+    it. (One chain of kills, not one run per kill point: the same points, half the runs.)"""
     script = tmp_path / "killer.py"
     script.write_text(KILLER)
     # logs every 3 steps, checkpoints every 5: a resumed run's first loss record must still
@@ -174,19 +178,21 @@ def test_kills_at_every_record_boundary_leave_no_duplicate_or_missing_records(tm
     expected_final = json.loads((expected_path / "final.json").read_text())["final"]
     kinds = {r["kind"] + ("@final" if r.get("num_goals") == 3 else "") for r in expected}
     assert kinds == {"train", "mask", "eval", "eval@final"}
+    results = tmp_path / "killed"
+    path = _path(results, "socodt", "Trainer.log_every = 3")
+    command = _command(results, data_dir, *args)
     for point, count in KILL_POINTS:
-        results = tmp_path / point
-        path = _path(results, "socodt", "Trainer.log_every = 3")
-        command = _command(results, data_dir, *args)
         killed = subprocess.run([sys.executable, str(script), point, str(count), *command[3:]],
                                 capture_output=True, text=True, timeout=240)
         assert killed.returncode == -signal.SIGKILL, (point, killed.stderr[-500:])
         assert not is_finished(path), point
-        resumed = subprocess.run(command, capture_output=True, text=True, timeout=240)
-        assert resumed.returncode == 0, (point, resumed.stderr[-500:])
-        assert _log(path) == expected, point
-        assert json.loads((path / "final.json").read_text())["final"] == expected_final, point
-        assert not list(path.glob(".*.tmp")), point
+        log = _log(path)
+        assert log == expected[:len(log)], point
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=240)
+    assert resumed.returncode == 0, resumed.stderr[-500:]
+    assert _log(path) == expected
+    assert json.loads((path / "final.json").read_text())["final"] == expected_final
+    assert not list(path.glob(".*.tmp"))
 
 
 def _limited_file_size(limit: int):
