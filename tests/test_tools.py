@@ -43,7 +43,7 @@ def run_tool(name: str, *args: str, tmp_path: Path,
     ("crosscheck_eval.py", ["--tasks", "reach-v3", "--goals", "2", "--max-steps", "40",
                             "--episodes", "4", "--train-steps", "4", "--workers", "1"],
      ["scripted expert", "ALL AGREE"]),
-    ("bench_sweep.py", ["--preset", "tiny", "--runs", "2", "--parallel", "2"],
+    ("bench_sweep.py", ["--preset", "tiny", "--runs", "1", "--parallel", "2"],
      ["--parallel 2, ", "--parallel 2, torch default threads/run", "x runs/hour"]),
 ])
 def test_tool_runs(tmp_path, name, args, expected):
