@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 import pytest
+from toolbox import default_sigint
 
 from mtrl_bench import cli
 from mtrl_bench.data import generation as datagen
@@ -148,7 +149,8 @@ def test_interrupted_run_resumes(tmp_path):
            "near-optimal", "--episodes", "24", "--episode-length", "250", "--workers", "2",
            "--data-dir", str(tmp_path)]
     first, second = (_path(tmp_path, t, episodes=24, episode_length=250) for t in TASKS)
-    proc = subprocess.Popen(cmd + ["--no-progress"], stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd + ["--no-progress"], stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)
     deadline = time.time() + 60
     while not first.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)

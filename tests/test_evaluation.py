@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from mtrl_bench.methods.erk import erk_random_masks
+from toolbox import default_sigint
 
 from mtrl_bench.data.dataset import TaskDataset
 from mtrl_bench.errors import UserError
@@ -208,7 +209,7 @@ def _alive(pid: int) -> bool:
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc")
 def test_ctrl_c_mid_evaluation_stops_every_worker():
     proc = subprocess.Popen([sys.executable, "-c", CTRL_C_SCRIPT], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     pids = [int(p) for p in proc.stdout.readline().split()]
     assert len(pids) == 2 and all(_alive(p) for p in pids)
     time.sleep(1.0)  # mid-episode

@@ -9,6 +9,7 @@ import time
 
 import pytest
 import torch
+from toolbox import default_sigint
 
 from mtrl_bench.cli import main
 from mtrl_bench.plan import plan_run
@@ -211,10 +212,8 @@ def test_ctrl_c_marks_the_run_interrupted_and_the_same_command_resumes_it(dirs):
             "--seed", "3"]
     path = run_dir_of(plan_run("promptdt", "tiny", bindings=["Run.seed = 3"],
                                results=dirs["results"]))
-    # a shell's background job starts with SIGINT ignored, and Python keeps that: restore it
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            text=True, preexec_fn=default_sigint)
     _wait_for_checkpoint(path, proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)

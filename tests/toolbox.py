@@ -1,9 +1,11 @@
-"""The scripts of tools/ as modules, for tests that call their functions (they are not part
-of the installed package)."""
+"""Helpers the tests share: the scripts of tools/ as modules, for tests that call their
+functions (they are not part of the installed package), and a child process that Ctrl-C
+reaches."""
 
 from __future__ import annotations
 
 import importlib.util
+import signal
 import sys
 from pathlib import Path
 
@@ -19,3 +21,10 @@ def tool_module(name: str):
     sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` for a child a test sends SIGINT: a shell starts a background job with
+    SIGINT ignored and Python keeps that, so under ``pytest &`` or ``nohup`` the child would
+    never see the Ctrl-C the test is about."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
