@@ -214,7 +214,14 @@ def test_ctrl_c_mid_evaluation_stops_every_worker():
     assert len(pids) == 2 and all(_alive(p) for p in pids)
     time.sleep(1.0)  # mid-episode
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:  # a failure must not leave the endless loop and its workers on the machine
+        if proc.poll() is None:
+            for pid in [proc.pid, *pids]:
+                if _alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+            proc.wait()
     assert proc.returncode != 0 and "KeyboardInterrupt" in err
     deadline = time.time() + 10
     while any(_alive(p) for p in pids) and time.time() < deadline:
