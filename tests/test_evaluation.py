@@ -210,11 +210,12 @@ def _alive(pid: int) -> bool:
 def test_ctrl_c_mid_evaluation_stops_every_worker():
     proc = subprocess.Popen([sys.executable, "-c", CTRL_C_SCRIPT], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
-    pids = [int(p) for p in proc.stdout.readline().split()]
-    assert len(pids) == 2 and all(_alive(p) for p in pids)
-    time.sleep(1.0)  # mid-episode
-    proc.send_signal(signal.SIGINT)
+    pids = []
     try:
+        pids = [int(p) for p in proc.stdout.readline().split()]
+        assert len(pids) == 2 and all(_alive(p) for p in pids)
+        time.sleep(1.0)  # mid-episode
+        proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     finally:  # a failure must not leave the endless loop and its workers on the machine
         if proc.poll() is None:
