@@ -31,8 +31,8 @@ e3() {  # TAMU with room (variants probed in results/README) and random churn
 e1() {  # 4x the budget, fixed-goal evaluations every 56k sequences
     # The planned check: 112k runs made here, whose trajectories the first 112k sequences
     # of promptdt and random-masks must repeat bit for bit (results/probe: never in a table).
-    mtrl-bench sweep --suites mt5 --results-dir "$RESULTS/probe" --methods promptdt \
-        random-masks --qualities near-optimal sub-optimal --seeds 0 "${RUN[@]}"
+    RESULTS="$RESULTS/probe" sweep --methods promptdt random-masks \
+        --qualities near-optimal sub-optimal --seeds 0 "${RUN[@]}"
     sweep --methods promptdt random-masks socodt --qualities near-optimal sub-optimal \
         --seeds 0 1 2 3 4 "${RUN[@]}" --gin-binding "Run.budget_sequences = 448000"
 }
