@@ -151,11 +151,11 @@ def test_interrupted_run_resumes(tmp_path):
     first, second = (_path(tmp_path, t, episodes=24, episode_length=250) for t in TASKS)
     proc = subprocess.Popen(cmd + ["--no-progress"], stderr=subprocess.PIPE, text=True,
                             preexec_fn=default_sigint)
-    deadline = time.time() + 60
+    deadline = time.time() + 240  # a guard against a hang, as in the other end-to-end tests
     while not first.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=240)
     assert proc.returncode == 130, err
     assert first.exists() and not second.exists()
     assert not list(first.parent.glob(".*.tmp"))
