@@ -177,3 +177,47 @@ def test_gpu_report_smoke_runs_every_step(tmp_path):
     text = (out / "report.md").read_text()
     for heading in ("**Training**", "**One mask update**", "**Evaluation**", "**End to end**"):
         assert heading in text
+
+
+def _write_run(path: Path, losses: dict[int, float], evals: list[dict],
+               episodes: list[dict] | None = None, final_step: int | None = None) -> Path:
+    path.mkdir(parents=True)
+    records = [{"kind": "train", "step": s, "loss": x} for s, x in losses.items()]
+    records += [{"kind": "eval", **e} for e in evals]
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    if episodes is not None:
+        (path / "episodes.json").write_text(json.dumps(episodes))
+        (path / "final.json").write_text(json.dumps({"final": {"step": final_step}}))
+    return path
+
+
+def test_compare_trajectories_finds_where_two_runs_part(tmp_path):
+    """E1's check: a longer run agrees with a shorter one on every common record, and the
+    first differing loss or evaluation is named; a 50-goal final evaluation is compared
+    with the other run's 2-goal one through its episodes."""
+    compare = tool_module("compare_trajectories").compare
+    episodes = [{"task": "reach-v3", "goal": g, "success": g == 0, "episode_return": 10.0 + g}
+                for g in range(50)]
+    first_two = {"step": 4, "num_goals": 2, "success": {"reach-v3": 0.5},
+                 "return": {"reach-v3": 10.5}}
+    short = _write_run(tmp_path / "short", {2: 0.5, 4: 0.25},
+                       [{"step": 2, "num_goals": 2, "success": {"reach-v3": 0.0},
+                         "return": {"reach-v3": 3.0}},
+                        {"step": 4, "num_goals": 50, "success": {"reach-v3": 0.02},
+                         "return": {"reach-v3": 34.5}}], episodes, final_step=4)
+    long = _write_run(tmp_path / "long", {2: 0.5, 4: 0.25, 6: 0.125},
+                      [{"step": 2, "num_goals": 2, "success": {"reach-v3": 0.0},
+                        "return": {"reach-v3": 3.0}}, first_two])
+    lines = compare(short, long)
+    assert lines[0].startswith("training losses: 2 of 2") and lines[-1].startswith("AGREE")
+    assert "goals 0-1" in lines[2] and "successes equal" in lines[2]
+
+    parted = _write_run(tmp_path / "parted", {2: 0.5, 4: 0.2500001},
+                        [{"step": 2, "num_goals": 2, "success": {"reach-v3": 0.0},
+                          "return": {"reach-v3": 3.0000001}}])
+    lines = compare(short, parted)
+    assert lines[-1] == "DIFFER from step 2" and "returns differ" in lines[-2]
+    assert "first differing loss at step 4" in lines[1]
+    assert compare(short, parted, up_to=0)[-1].startswith("AGREE")  # nothing in common
+    result = run_tool("compare_trajectories.py", str(short), str(parted), tmp_path=tmp_path)
+    assert result.returncode == 1 and "DIFFER from step 2" in result.stdout
