@@ -13,6 +13,7 @@ import textwrap
 import time
 
 import pytest
+from toolbox import HANG_GUARD_S
 
 from mtrl_bench.cli import main
 from mtrl_bench.plan import plan_run
@@ -74,7 +75,7 @@ def test_a_locked_run_directory_admits_one_process(tmp_path, data_dir, capsys):
                  data_dir]) == 0
     out = capsys.readouterr().out
     assert "1 locked by another process, 0 to run" in out
-    _, err = first.communicate(timeout=240)
+    _, err = first.communicate(timeout=HANG_GUARD_S)
     assert first.returncode == 0, err
     assert f"its last holder, pid {dead.pid} on old-host (since 2026-01-01T00:00:00), is gone" \
         in err
@@ -88,7 +89,7 @@ def test_a_diverging_run_stops_with_one_line_and_says_so_when_rerun(tmp_path, da
     args = ["--method", "socodt", "--gin_binding", "Trainer.learning_rate = 1e6"]
     path = _path(results, "socodt", "Trainer.learning_rate = 1e6")
     first = subprocess.run(_command(results, data_dir, *args), capture_output=True, text=True,
-                           timeout=240)
+                           timeout=HANG_GUARD_S)
     assert first.returncode == 3
     lines = first.stderr.strip().splitlines()
     assert len(lines) == 1 and "training diverged at step 3: non-finite loss for " in lines[0]
@@ -104,7 +105,7 @@ def test_a_diverging_run_stops_with_one_line_and_says_so_when_rerun(tmp_path, da
     for line in (log.read_text().splitlines() if log.exists() else []):
         json.loads(line, parse_constant=no_constants)
     again = subprocess.run(_command(results, data_dir, *args), capture_output=True, text=True,
-                           timeout=240)
+                           timeout=HANG_GUARD_S)
     assert again.returncode == 3 and "diverged before (training diverged at step 3" in \
         again.stderr and "would again from the start (it has no good checkpoint)" in \
         again.stderr and "pass --force to start it over" in again.stderr
@@ -172,7 +173,7 @@ def test_kills_at_every_record_boundary_leave_no_duplicate_or_missing_records(tm
     args = ["--method", "socodt", "--gin_binding", "Trainer.log_every = 3"]
     reference = tmp_path / "reference"
     subprocess.run(_command(reference, data_dir, *args), check=True, capture_output=True,
-                   timeout=240)
+                   timeout=HANG_GUARD_S)
     expected_path = _path(reference, "socodt", "Trainer.log_every = 3")
     expected = _log(expected_path)
     expected_final = json.loads((expected_path / "final.json").read_text())["final"]
@@ -183,12 +184,12 @@ def test_kills_at_every_record_boundary_leave_no_duplicate_or_missing_records(tm
     command = _command(results, data_dir, *args)
     for point, count in KILL_POINTS:
         killed = subprocess.run([sys.executable, str(script), point, str(count), *command[3:]],
-                                capture_output=True, text=True, timeout=240)
+                                capture_output=True, text=True, timeout=HANG_GUARD_S)
         assert killed.returncode == -signal.SIGKILL, (point, killed.stderr[-500:])
         assert not is_finished(path), point
         log = _log(path)
         assert log == expected[:len(log)], point
-    resumed = subprocess.run(command, capture_output=True, text=True, timeout=240)
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert resumed.returncode == 0, resumed.stderr[-500:]
     assert _log(path) == expected
     assert json.loads((path / "final.json").read_text())["final"] == expected_final
@@ -209,7 +210,7 @@ def test_a_write_that_fails_mid_run_is_one_line_naming_the_file(tmp_path, data_d
     results = tmp_path / "results"
     path = _path(results, "harmodt-f")
     run = subprocess.run(_command(results, data_dir, "--method", "harmodt-f"),
-                         capture_output=True, text=True, timeout=240,
+                         capture_output=True, text=True, timeout=HANG_GUARD_S,
                          preexec_fn=_limited_file_size(50_000))
     lines = run.stderr.strip().splitlines()
     assert run.returncode == 2 and len(lines) == 1, run.stderr[-800:]
@@ -228,7 +229,7 @@ def test_a_full_disk_is_one_line_naming_the_file(tmp_path, data_dir):
         pytest.skip("cannot mount a small tmpfs here")
     try:
         run = subprocess.run(_command(mount / "results", data_dir, "--method", "harmodt-f"),
-                             capture_output=True, text=True, timeout=240)
+                             capture_output=True, text=True, timeout=HANG_GUARD_S)
         lines = run.stderr.strip().splitlines()
         assert run.returncode == 2 and len(lines) == 1, run.stderr[-800:]
         assert "cannot write checkpoint" in lines[0] and str(mount) in lines[0]
@@ -282,10 +283,10 @@ def test_a_checkpoint_without_its_log_is_not_resumed(tmp_path, data_dir):
     run must start over rather than finish with a log that lacks them."""
     results = tmp_path / "results"
     command = _command(results, data_dir, "--method", "promptdt")
-    subprocess.run(command, check=True, capture_output=True, timeout=240)
+    subprocess.run(command, check=True, capture_output=True, timeout=HANG_GUARD_S)
     path = _path(results, "promptdt")
     for name in ("final.json", "episodes.json", "metrics.jsonl"):
         (path / name).unlink()
-    again = subprocess.run(command, capture_output=True, text=True, timeout=240)
+    again = subprocess.run(command, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert again.returncode == 2 and "metrics.jsonl lacks records its checkpoint (step 20)" \
         in again.stderr

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from toolbox import TOOLS, tool_module
+from toolbox import HANG_GUARD_S, TOOLS, tool_module
 
 
 def run_tool(name: str, *args: str, tmp_path: Path,
-             timeout: float = 300) -> subprocess.CompletedProcess:
+             timeout: float = HANG_GUARD_S) -> subprocess.CompletedProcess:
     env_args = {"cwd": tmp_path, "capture_output": True, "text": True, "timeout": timeout}
     return subprocess.run([sys.executable, str(TOOLS / name), *args], **env_args)
 

@@ -11,6 +11,10 @@ from pathlib import Path
 
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
 
+#: seconds a test waits for a child run before calling it hung: a guard, not a speed check
+#: (a tiny run takes well under a minute alone, but several times that beside a sweep)
+HANG_GUARD_S = 600
+
 
 def tool_module(name: str):
     """``tools/<name>.py`` imported once under ``name``."""
