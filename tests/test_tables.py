@@ -532,3 +532,71 @@ pairs = [["socodt", "promptdt"]]
     bad.write_text('[[family]]\nname = "H"\npairs = [["socodt"]]\n')
     assert main(["compare", "--plan", str(bad), "--results-dir", str(root)]) == 2
     assert "needs pairs" in capsys.readouterr().err
+    assert not (root / "planned" / "F_every_evaluation.csv").exists()  # not asked for
+
+
+def test_planned_pairs_at_every_evaluation_on_the_fixed_goals(tmp_path, capsys):
+    """every_evaluation: each pair at every evaluation on goals 0-4, the final evaluation's
+    read from its episodes, Welch and (shared streams) paired intervals by the textbook."""
+    from synthetic_runs import EVAL_GOALS, FakeRun, episodes, eval_record, identity, write
+
+    from mtrl_bench.identity import cell_id
+    from mtrl_bench.runs.rundir import run_dir
+
+    rng = np.random.default_rng(11)
+    seed_effect = rng.normal(0, 0.1, 5)
+    levels = {"random-masks": 0.6, "promptdt": 0.4}
+    periodic = {}  # (method, seed) -> {step: (tasks,) success on the fixed goals}
+    finals = {}
+    for method, level in levels.items():
+        ident = identity(method, "near-optimal")
+        for seed in range(5):
+            curve = {step: np.clip(level * step / 400 + seed_effect[seed]
+                                   + rng.normal(0, 0.05, 5), 0, 1) for step in (100, 200, 300)}
+            final = np.round(np.clip(level + seed_effect[seed] + rng.normal(0, 0.05, 5), 0, 1)
+                             * 50) / 50
+            periodic[(method, seed)], finals[(method, seed)] = curve, final
+            records = [eval_record(step, EVAL_GOALS, x, 100 * x) for step, x in curve.items()]
+            records.append(eval_record(400, 50, final, 100 * final))
+            path = run_dir(tmp_path, "mt5", "near-optimal", method, cell_id(ident), seed)
+            write(tmp_path / "runs", FakeRun(method, "near-optimal", seed, final, 100 * final,
+                                             ident, path, records=records))
+            meta = json.loads((path / "meta.json").read_text())
+            meta["streams"] = {"initial_weights": f"w{seed}", "batch_stream": f"b{seed}",
+                               "initial_masks": None}
+            (path / "meta.json").write_text(json.dumps(meta))
+    plan = tmp_path / "plan.toml"
+    plan.write_text('[[family]]\nname = "E"\nevery_evaluation = true\n'
+                    'pairs = [["random-masks", "promptdt"]]\n')
+    assert main(["compare", "--plan", str(plan), "--results-dir", str(tmp_path)]) == 0
+    capsys.readouterr()
+    frame = pd.read_csv(tmp_path / "planned" / "E_every_evaluation.csv").set_index("step")
+    assert list(frame.index) == [100, 200, 300, 400]
+    assert list(frame["sequences"]) == [4000, 8000, 12000, 16000]  # 16k sequences, 400 steps
+
+    def fixed_goals(method, seed, step):
+        if step < 400:
+            return periodic[(method, seed)][step].mean()
+        run = FakeRun(method, "near-optimal", seed, finals[(method, seed)], None, {}, tmp_path)
+        return np.mean([e["success"] for e in episodes(run) if e["goal"] < EVAL_GOALS])
+
+    for step, row in frame.iterrows():
+        x = np.array([fixed_goals("random-masks", s, step) for s in range(5)])
+        y = np.array([fixed_goals("promptdt", s, step) for s in range(5)])
+        diff, low, high, _ = welch(x, y)
+        assert row.diff_pct == pytest.approx(100 * diff)
+        assert (row.diff_ci_low_pct, row.diff_ci_high_pct) == pytest.approx((100 * low,
+                                                                             100 * high))
+        d = x - y
+        half = sps.t.ppf(0.975, 4) * d.std(ddof=1) / math.sqrt(5)
+        assert (row.paired_diff_ci_low_pct, row.paired_diff_ci_high_pct) == pytest.approx(
+            (100 * (d.mean() - half), 100 * (d.mean() + half)))
+    assert frame.loc[400, "diff_pct"] != pytest.approx(100 * (np.mean(
+        [finals[("random-masks", s)].mean() for s in range(5)]) - np.mean(
+        [finals[("promptdt", s)].mean() for s in range(5)])))  # goals 0-4, not all 50
+    markdown = (tmp_path / "planned" / "E_every_evaluation.md").read_text()
+    assert "the first 5 goals of every task" in markdown and "16,000" in markdown
+    plan.write_text('[[family]]\nname = "E"\nevery_evaluation = "yes"\n'
+                    'pairs = [["random-masks", "promptdt"]]\n')
+    assert main(["compare", "--plan", str(plan), "--results-dir", str(tmp_path)]) == 2
+    assert "every_evaluation = true or false" in capsys.readouterr().err

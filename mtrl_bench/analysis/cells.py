@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from mtrl_bench.identity import cell_id, differences, format_value, protocol_id, variant_id
+from mtrl_bench.io import read_json
 from mtrl_bench.runs.rundir import RunRecord, numerics_summary
 from mtrl_bench.suites import FIXED_SUITES
 
@@ -270,3 +272,27 @@ def row_key(row: Row):
     return role, order, "[" in row.label, row.label
 
 
+def evaluations(cell: Cell, records: list[dict]) -> tuple[dict, dict]:
+    """({step: record} of periodic evaluations, {step: record} of the final one)."""
+    total = cell.identity["protocol"].get("trainer.total_steps")
+    periodic, final = {}, {}
+    for r in records:
+        if r.get("kind") == "eval" and r.get("mean_success") is not None:
+            (final if int(r["step"]) == total else periodic)[int(r["step"])] = r
+    return periodic, final
+
+
+def fixed_goal_success(cell: Cell, run_path: Path, records: list[dict]) -> dict[int, float]:
+    """{step: mean success on the periodic evaluations' goal set}: goals 0..n-1 of every
+    task (n = Run.eval_goals) at each periodic evaluation and, read from episodes.json, at
+    the final one, so every point of a curve is measured on the same goals."""
+    goals = cell.identity["protocol"].get("run.eval_goals")
+    periodic, final = evaluations(cell, records)
+    points = {step: r["mean_success"] for step, r in periodic.items()
+              if r.get("num_goals") in (None, goals)}
+    episodes_path = Path(run_path) / "episodes.json"
+    if final and goals and episodes_path.exists():
+        episodes = [e for e in read_json(episodes_path) if e["goal"] < goals]
+        if episodes:
+            points[max(final)] = float(np.mean([bool(e["success"]) for e in episodes]))
+    return points

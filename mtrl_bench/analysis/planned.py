@@ -9,6 +9,7 @@ A plan is a TOML file of families::
              "random-masks"]]
     columns = ["MT5 near-optimal"]    # optional: labels, "[k]" suffixes ignored; default all
     where = {"run.budget_sequences" = 112000}   # optional: protocol values the columns have
+    every_evaluation = true   # optional: also each pair on the fixed goals at every evaluation
 
 A row is named by its table label, or as ``method{param=value, ...}``: the one row of that
 method whose own parameters hold those values (as the tables print them). Each pair is
@@ -16,6 +17,11 @@ tested in every chosen column where both rows have runs: Welch's t over per-seed
 (the primary test, as in Table 1), Benjamini-Hochberg over the family's defined p-values,
 the arrow when at least ``min_seeds`` a side, adjusted p < 0.05 and the interval excludes 0;
 the paired-by-seed interval beside it where the records show shared streams.
+
+With ``every_evaluation``, ``<name>_every_evaluation.*`` adds each pair's difference on the
+periodic evaluations' fixed goal set (goals 0..n-1 of every task, the final evaluation's
+read from episodes.json) at every evaluation both cells made: a secondary analysis, so its
+intervals are not adjusted and carry no verdict.
 """
 
 from __future__ import annotations
@@ -25,9 +31,11 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from mtrl_bench.analysis import stats
-from mtrl_bench.analysis.cells import Row, group_cells
-from mtrl_bench.analysis.grid import Grid, TableOptions, cell_scores
+from mtrl_bench.analysis.cells import Column, Row, fixed_goal_success, group_cells
+from mtrl_bench.analysis.grid import CellScores, Grid, TableOptions, cell_scores
 from mtrl_bench.analysis.render import MISSING, Table, fmt_p, interval_text, nan_if_none, pct
 from mtrl_bench.analysis.tables import (
     ALPHA,
@@ -39,6 +47,7 @@ from mtrl_bench.analysis.tables import (
 )
 from mtrl_bench.errors import UserError
 from mtrl_bench.identity import format_value
+from mtrl_bench.runs.rundir import MetricsLog
 
 _SPEC = re.compile(r"^(?P<method>[^{}]+)\{(?P<params>[^{}]*)\}$")
 
@@ -49,6 +58,7 @@ class Family:
     pairs: tuple[tuple[str, str], ...]
     columns: tuple[str, ...] | None = None  # column labels; None: every column
     where: tuple[tuple[str, object], ...] = ()  # protocol entries the columns must have
+    every_evaluation: bool = False  # also the pairs at every fixed-goal evaluation
 
 
 def load_plan(path: Path) -> list[Family]:
@@ -70,8 +80,12 @@ def load_plan(path: Path) -> list[Family]:
         if not isinstance(where, dict):
             raise UserError(f"{path}: family {name!r}: where = {{\"run.budget_sequences\" = "
                             "112000, ...}} (protocol entries)")
+        every_evaluation = entry.get("every_evaluation", False)
+        if not isinstance(every_evaluation, bool):
+            raise UserError(f"{path}: family {name!r}: every_evaluation = true or false")
         families.append(Family(name, tuple((str(a), str(b)) for a, b in pairs),
-                               tuple(columns) if columns else None, tuple(where.items())))
+                               tuple(columns) if columns else None, tuple(where.items()),
+                               every_evaluation))
     if not families:
         raise UserError(f"{path}: no [[family]] in it")
     return families
@@ -100,8 +114,13 @@ def find_row(grid: Grid, spec: str) -> Row | None:
     return found[0] if found else None
 
 
-def family_table(grid: Grid, family: Family, options: TableOptions) -> tuple[list[Table], list]:
-    """One family's comparisons as a table and its CSV rows."""
+#: a pair tested in a column: (column, row a, row b, a's scores, b's scores)
+Tested = tuple[Column, Row, Row, CellScores, CellScores]
+
+
+def family_table(grid: Grid, family: Family,
+                 options: TableOptions) -> tuple[list[Table], list, list[Tested]]:
+    """One family's comparisons as a table, its CSV rows and the pairs it tested."""
     protocols = {s.column: s.cell.identity["protocol"] for s in grid.at.values()}
     labels = {c: re.sub(r" \[\d+\]$", "", c.label) for c in grid.columns}
     unknown = set(family.columns or ()) - set(labels.values()) - {c.label for c in grid.columns}
@@ -113,6 +132,7 @@ def family_table(grid: Grid, family: Family, options: TableOptions) -> tuple[lis
                    or c.label in family.columns)
                and all(protocols[c].get(k) == v for k, v in family.where)]
     tests = []  # (column, row a, row b, Comparison, paired interval or None)
+    tested: list[Tested] = []
     missing, unnamed = [], []
     for spec_a, spec_b in family.pairs:
         a, b = find_row(grid, spec_a), find_row(grid, spec_b)
@@ -125,6 +145,7 @@ def family_table(grid: Grid, family: Family, options: TableOptions) -> tuple[lis
                 missing.append((column, a, b))
                 continue
             shared = paired_by_seed(sa, sb)
+            tested.append((column, a, b, sa, sb))
             tests.append((column, a, b, stats.compare(sa.success, sb.success, a.label, b.label),
                           None if shared is None else stats.paired_diff_ci(*shared)))
     adjusted = stats.fdr_adjust([t[3].p_welch for t in tests])
@@ -169,6 +190,68 @@ def family_table(grid: Grid, family: Family, options: TableOptions) -> tuple[lis
                                      "Welch p", "Welch p (BH, family)", "Seeds", "Verdict",
                                      "95% CI paired by seed")],
                   body, notes)
+    return [table], csv_rows, tested
+
+
+def _fixed_goal_curves(scores: CellScores) -> dict[int, dict[int, float]]:
+    """{seed: {step: success on the fixed goal set}} of a cell's runs."""
+    by_seed = {run.seed: run for run in scores.cell.runs}
+    return {seed: fixed_goal_success(scores.cell, by_seed[seed].path,
+                                     MetricsLog(by_seed[seed].path / "metrics.jsonl").records())
+            for seed in scores.seeds}
+
+
+def evaluation_table(family: Family, tested: list[Tested]) -> tuple[list[Table], list]:
+    """Secondary: each tested pair's difference on the fixed goals at every evaluation both
+    cells made (Welch over per-seed values; paired by seed where the streams are shared)."""
+    body, csv_rows, goal_counts = [], [], set()
+    for column, a, b, sa, sb in tested:
+        protocol = sa.cell.identity["protocol"]
+        goal_counts.add(protocol.get("run.eval_goals"))
+        budget, total = protocol.get("run.budget_sequences"), protocol.get("trainer.total_steps")
+        curve_a, curve_b = _fixed_goal_curves(sa), _fixed_goal_curves(sb)
+        pairable = paired_by_seed(sa, sb) is not None
+        steps = set().union(*curve_a.values()) & set().union(*curve_b.values())
+        for step in sorted(steps):
+            xa = {seed: c[step] for seed, c in curve_a.items() if step in c}
+            xb = {seed: c[step] for seed, c in curve_b.items() if step in c}
+            diff = stats.mean_diff_ci(np.array(list(xa.values()))[:, None],
+                                      np.array(list(xb.values()))[:, None])
+            common = sorted(set(xa) & set(xb))
+            pair = stats.paired_diff_ci(np.array([xa[s] for s in common])[:, None],
+                                        np.array([xb[s] for s in common])[:, None]) \
+                if pairable and len(common) >= 2 else None
+            sequences = round(step * budget / total) if budget and total else None
+            body.append([column.label, a.label, b.label, str(step),
+                         MISSING if sequences is None else f"{sequences:,}",
+                         pct(diff.estimate, signed=True), interval_text(diff.low, diff.high),
+                         MISSING if pair is None else interval_text(pair.low, pair.high),
+                         f"{len(xa)} vs {len(xb)}"])
+            csv_rows.append({
+                "family": family.name, "column": column.label, "row_a": a.label,
+                "row_b": b.label, "step": step, "sequences": sequences,
+                "eval_goals": protocol.get("run.eval_goals"), "n_a": len(xa), "n_b": len(xb),
+                "diff_pct": 100 * diff.estimate,
+                "diff_ci_low_pct": nan_if_none(diff.low, 100),
+                "diff_ci_high_pct": nan_if_none(diff.high, 100),
+                "paired_diff_ci_low_pct": nan_if_none(pair and pair.low, 100),
+                "paired_diff_ci_high_pct": nan_if_none(pair and pair.high, 100)})
+    goals = ", ".join(str(g) for g in sorted(goal_counts - {None}))
+    goal_set = (f"the first {goals} goals of every task" if goals
+                else "the periodic evaluations' goals")
+    notes = [
+        f"Secondary to family {family.name}: Δ = A − B in percentage points on the fixed "
+        f"goal set ({goal_set}) at every evaluation both cells "
+        "made, the final one read from its episodes; 95% Welch t-interval over per-seed "
+        "values, and paired by seed where the records show shared streams. Not adjusted for "
+        "multiplicity and without verdicts: the primary test is the family's final "
+        "comparison.",
+        *([] if tested else ["No pair of the family has runs yet."])]
+    table = Table(f"{family.name}_every_evaluation",
+                  f"{family.name} at every evaluation, fixed goals (secondary)",
+                  [("", h) for h in ("Column", "A", "B", "Step", "Sequences", "Δ (pp)",
+                                     "95% CI (Welch)", "95% CI paired by seed", "Seeds")],
+                  body, notes)
     return [table], csv_rows
 
 
@@ -185,10 +268,15 @@ def build_planned(runs_dir: Path, out: Path, plan: Path,
     grid = Grid(scores).fixed_suites()
     prepare_out(out)
     outputs, files = [], []
+    left = left_out_lines(left_out + unusable)
     for family in families:
-        tables, rows = family_table(grid, family, options)
-        markdown, written = write_tables(out, family.name, tables, rows,
-                                         left_out_lines(left_out + unusable))
-        outputs.append(markdown)
-        files += written
+        tables, rows, tested = family_table(grid, family, options)
+        outputs_of_family = [(family.name, tables, rows)]
+        if family.every_evaluation:
+            outputs_of_family.append((f"{family.name}_every_evaluation",
+                                      *evaluation_table(family, tested)))
+        for name, tables, rows in outputs_of_family:
+            markdown, written = write_tables(out, name, tables, rows, left)
+            outputs.append(markdown)
+            files += written
     return "\n".join(outputs), files

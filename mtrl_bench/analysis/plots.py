@@ -38,6 +38,8 @@ from mtrl_bench.analysis.cells import (
     Cell,
     Column,
     column_key,
+    evaluations,
+    fixed_goal_success,
     group_cells,
     row_key,
     suite_label,
@@ -45,7 +47,7 @@ from mtrl_bench.analysis.cells import (
 from mtrl_bench.analysis.grid import Grid, TableOptions, cell_scores, reference_rows
 from mtrl_bench.errors import UserError
 from mtrl_bench.identity import RUNNER_SET, SECTIONS, flatten, format_value
-from mtrl_bench.io import atomic_write, atomic_write_text, read_json
+from mtrl_bench.io import atomic_write, atomic_write_text
 from mtrl_bench.runs.rundir import MetricsLog, histogram_edges, scan_runs
 
 Series = list[tuple[Cell, list[list[dict]]]]  # cells of one column with each run's records
@@ -108,28 +110,18 @@ def _mean_std(values: list[list[float]]) -> tuple[np.ndarray, np.ndarray, list[i
     return mean, std, [len(v) for v in values]
 
 
-def _evaluations(cell: Cell, records: list[dict]) -> tuple[dict, dict]:
-    """({step: record} of periodic evaluations, {step: record} of the final one)."""
-    total = cell.identity["protocol"].get("trainer.total_steps")
-    periodic, final = {}, {}
-    for r in records:
-        if r.get("kind") == "eval" and r.get("mean_success") is not None:
-            (final if int(r["step"]) == total else periodic)[int(r["step"])] = r
-    return periodic, final
-
-
 def learning_curves(series: Series, title: str):
     """Mean over seeds of eval success (%) and return against step, ± std band."""
-    if not any(_evaluations(cell, recs)[0] or _evaluations(cell, recs)[1]
+    if not any(evaluations(cell, recs)[0] or evaluations(cell, recs)[1]
                for cell, runs in series for recs in runs):
         return None
     fig, axes = _new_figure(2, width=5.8, height=3.8)
     for cell, runs in series:
-        evaluations = [_evaluations(cell, recs) for recs in runs]
+        per_run = [evaluations(cell, recs) for recs in runs]
         color = None
         for ax, key, scale in ((axes[0], "mean_success", 100.0), (axes[1], "mean_return", 1.0)):
-            periodic = [{s: scale * r[key] for s, r in p.items()} for p, _ in evaluations]
-            final = [{s: scale * r[key] for s, r in f.items()} for _, f in evaluations]
+            periodic = [{s: scale * r[key] for s, r in p.items()} for p, _ in per_run]
+            final = [{s: scale * r[key] for s, r in f.items()} for _, f in per_run]
             steps = sorted(set().union(*periodic, *final))
             if not steps:
                 continue
@@ -171,22 +163,6 @@ def learning_curves(series: Series, title: str):
     return fig
 
 
-def fixed_goal_success(cell: Cell, run_path: Path, records: list[dict]) -> dict[int, float]:
-    """{step: mean success on the periodic evaluations' goal set}: goals 0..n-1 of every
-    task (n = Run.eval_goals) at each periodic evaluation and, read from episodes.json, at
-    the final one, so every point of a curve is measured on the same goals."""
-    goals = cell.identity["protocol"].get("run.eval_goals")
-    periodic, final = _evaluations(cell, records)
-    points = {step: r["mean_success"] for step, r in periodic.items()
-              if r.get("num_goals") in (None, goals)}
-    episodes_path = Path(run_path) / "episodes.json"
-    if final and goals and episodes_path.exists():
-        episodes = [e for e in read_json(episodes_path) if e["goal"] < goals]
-        if episodes:
-            points[max(final)] = float(np.mean([bool(e["success"]) for e in episodes]))
-    return points
-
-
 def _fixed_goal_points(cell: Cell, runs: list[list[dict]]) -> dict[int, list[float]]:
     """{step: [each run's fixed-goal success]} over the runs of a cell."""
     by_step: dict[int, list[float]] = {}
@@ -216,7 +192,7 @@ def fixed_goal_curves(series: Series, title: str):
         low = [100 * (i.low if i.low is not None else i.estimate) for i in intervals]
         high = [100 * (i.high if i.high is not None else i.estimate) for i in intervals]
         ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
-        _, final = zip(*[_evaluations(cell, recs) for recs in runs])
+        _, final = zip(*[evaluations(cell, recs) for recs in runs])
         all_goals = [r["mean_success"] for f in final for r in f.values()]
         if all_goals:
             ax.plot([max(steps)], [100 * np.mean(all_goals)], linestyle="none", marker="*",
