@@ -30,8 +30,9 @@ e3() {  # TAMU with room (variants probed in results/README) and random churn
 }
 e1() {  # 4x the budget, fixed-goal evaluations every 56k sequences
     # The planned check: 112k runs made here, whose trajectories the first 112k sequences
-    # of promptdt and random-masks must repeat bit for bit (results/probe: never in a table).
-    RESULTS="$RESULTS/probe" sweep --methods promptdt random-masks \
+    # of promptdt and random-masks must repeat bit for bit and socodt's must not
+    # (results/probe: never in a table; socodt's added while E1 ran).
+    RESULTS="$RESULTS/probe" sweep --methods promptdt random-masks socodt \
         --qualities near-optimal sub-optimal --seeds 0 "${RUN[@]}"
     sweep --methods promptdt random-masks socodt --qualities near-optimal sub-optimal \
         --seeds 0 1 2 3 4 "${RUN[@]}" --gin-binding "Run.budget_sequences = 448000"
