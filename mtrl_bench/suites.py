@@ -10,8 +10,10 @@ from __future__ import annotations
 import functools
 import random
 import re
+from pathlib import Path
 
 from mtrl_bench.errors import UserError
+from mtrl_bench.io import atomic_write
 
 # HarmoDT config/MetaWorld/task.json order (github.com/charleshsc/HarmoDT), -v2 -> -v3.
 MT50 = [
@@ -98,11 +100,43 @@ def resolve_tasks(suite: str | None = None, tasks: list[str] | None = None) -> l
 
 @functools.cache
 def goal_tasks(task: str) -> tuple:
-    """The 50 goal variations (metaworld.Task objects) of a task, in index order."""
+    """The 50 goal variations (metaworld.Task objects) of a task, in index order.
+
+    Building them (``MT1``: one env, 50 resets) takes about a second per task in every
+    process that evaluates or generates data, so they are kept in a per-user cache keyed by
+    Meta-World's version and ``GOAL_SEED``; an entry that is missing, unreadable or not 50
+    goals of ``task`` is rebuilt, and a cache that cannot be written only costs time."""
+    import pickle
+
     import metaworld
 
-    benchmark = metaworld.MT1(task, seed=GOAL_SEED)
-    return tuple(benchmark.train_tasks)
+    path = goal_cache_path(task)
+    try:
+        goals = pickle.loads(path.read_bytes())
+        if _are_goals_of(goals, task):
+            return goals
+    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError,
+            TypeError, ValueError):
+        pass
+    goals = tuple(metaworld.MT1(task, seed=GOAL_SEED).train_tasks)
+    try:
+        atomic_write(path, lambda tmp: Path(tmp).write_bytes(pickle.dumps(goals)))
+    except OSError:
+        pass
+    return goals
+
+
+def goal_cache_path(task: str) -> Path:
+    """``~/.cache/mtrl-bench/goals/metaworld-<version>/<task>-seed<GOAL_SEED>.pkl``."""
+    from importlib.metadata import version
+
+    return (Path.home() / ".cache" / "mtrl-bench" / "goals" / f"metaworld-{version('metaworld')}"
+            / f"{task}-seed{GOAL_SEED}.pkl")
+
+
+def _are_goals_of(goals, task: str) -> bool:
+    return (isinstance(goals, tuple) and len(goals) == NUM_GOALS
+            and all(getattr(goal, "env_name", None) == task for goal in goals))
 
 
 @functools.cache

@@ -6,8 +6,10 @@ from mtrl_bench import cli
 from mtrl_bench.errors import UserError
 from mtrl_bench.suites import (
     FIXED_SUITES,
+    GOAL_SEED,
     MT50,
     NUM_GOALS,
+    goal_cache_path,
     goal_tasks,
     make_env,
     normalize_task_name,
@@ -71,6 +73,39 @@ def test_goals_are_fixed_per_index():
     assert (first == again).all() and not (first == other).all()
     with pytest.raises(UserError):
         make_env("reach-v3", NUM_GOALS)
+
+
+def test_goals_come_from_a_cache_that_is_rebuilt_when_damaged(tmp_path, monkeypatch):
+    """The cached goals equal MT1's; with MT1 unusable they still load; a damaged entry or
+    another task's goals are rebuilt."""
+    from importlib.metadata import version
+
+    import metaworld
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    goal_tasks.cache_clear()
+    fresh = tuple(metaworld.MT1("reach-v3", seed=GOAL_SEED).train_tasks)
+    path = goal_cache_path("reach-v3")
+    assert path.is_relative_to(tmp_path) and path.parent.name == f"metaworld-{version('metaworld')}"
+    try:
+        assert goal_tasks("reach-v3") == fresh and path.is_file()
+        build = metaworld.MT1
+
+        def unusable(*args, **kwargs):
+            raise AssertionError("built again")
+
+        monkeypatch.setattr(metaworld, "MT1", unusable)
+        goal_tasks.cache_clear()
+        assert goal_tasks("reach-v3") == fresh  # from the cache
+        monkeypatch.setattr(metaworld, "MT1", build)
+        goal_tasks("push-v3")  # writes its own entry
+        for damage in (b"not a pickle", goal_cache_path("push-v3").read_bytes()):
+            path.write_bytes(damage)
+            goal_tasks.cache_clear()
+            assert goal_tasks("reach-v3") == fresh
+            assert path.read_bytes() != damage
+    finally:
+        goal_tasks.cache_clear()
 
 
 def test_suites_command_lists_tasks(capsys):
