@@ -110,18 +110,18 @@ def goal_tasks(task: str) -> tuple:
 
     import metaworld
 
-    path = goal_cache_path(task)
     try:
+        path = goal_cache_path(task)  # RuntimeError without a home folder
         goals = pickle.loads(path.read_bytes())
         if _are_goals_of(goals, task):
             return goals
-    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError,
-            TypeError, ValueError):
+    except Exception:  # missing, truncated, garbage, classes that moved: rebuild
         pass
     goals = tuple(metaworld.MT1(task, seed=GOAL_SEED).train_tasks)
     try:
-        atomic_write(path, lambda tmp: Path(tmp).write_bytes(pickle.dumps(goals)))
-    except OSError:
+        atomic_write(goal_cache_path(task),
+                     lambda tmp: Path(tmp).write_bytes(pickle.dumps(goals)))
+    except (OSError, RuntimeError):
         pass
     return goals
 
