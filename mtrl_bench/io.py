@@ -19,6 +19,11 @@ TMP_GLOB = ".*.tmp"  # what atomic_write's temporary files look like
 _TMP_RE = re.compile(r"^\..+\.(?P<pid>\d+)\.tmp$")
 
 
+def user_cache_dir() -> Path:
+    """``~/.cache/mtrl-bench``: the per-user home of datasets, file hashes and goal lists."""
+    return Path.home() / ".cache" / "mtrl-bench"
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it over ``path``.
 

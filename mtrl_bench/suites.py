@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from mtrl_bench.errors import UserError
-from mtrl_bench.io import atomic_write
+from mtrl_bench.io import atomic_write, user_cache_dir
 
 # HarmoDT config/MetaWorld/task.json order (github.com/charleshsc/HarmoDT), -v2 -> -v3.
 MT50 = [
@@ -130,8 +130,8 @@ def goal_cache_path(task: str) -> Path:
     """``~/.cache/mtrl-bench/goals/metaworld-<version>/<task>-seed<GOAL_SEED>.pkl``."""
     from importlib.metadata import version
 
-    return (Path.home() / ".cache" / "mtrl-bench" / "goals" / f"metaworld-{version('metaworld')}"
-            / f"{task}-seed{GOAL_SEED}.pkl")
+    folder = user_cache_dir() / "goals" / f"metaworld-{version('metaworld')}"
+    return folder / f"{task}-seed{GOAL_SEED}.pkl"
 
 
 def _are_goals_of(goals, task: str) -> bool:

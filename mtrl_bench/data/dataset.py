@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from mtrl_bench.errors import DatasetError, UserError
-from mtrl_bench.io import nearest_existing
+from mtrl_bench.io import nearest_existing, user_cache_dir
 from mtrl_bench.suites import ACTION_DIM, MAX_EPISODE_STEPS, NUM_GOALS, OBS_DIM, normalize_task_name
 from mtrl_bench.training.prompts import DEFAULT_NUM_DEMONSTRATIONS, demonstration_indices
 
@@ -98,7 +98,7 @@ class TaskDataset:
 def default_data_dir() -> Path:
     """``$MTRL_BENCH_DATA_DIR`` or a per-user cache folder."""
     env = os.environ.get(DATA_DIR_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "mtrl-bench" / "data"
+    return Path(env).expanduser() if env else user_cache_dir() / "data"
 
 
 def dataset_path(data_dir: Path, task: str, quality: str, episodes: int, seed: int,

@@ -25,6 +25,7 @@ from mtrl_bench.data.dataset import (
     validate_arrays,
 )
 from mtrl_bench.errors import DatasetError, UserError
+from mtrl_bench.io import user_cache_dir
 from mtrl_bench.suites import ACTION_DIM, OBS_DIM, normalize_task_name
 
 
@@ -210,7 +211,7 @@ def fingerprint(paths: list[Path], root: Path) -> str:
     """SHA-256 over the names (relative to ``root``) and contents of ``paths``. Each file's
     hash is cached by (path, size, mtime), so a folder is read in full once, not every time
     a run or sweep is planned; a changed file has another size or mtime and is hashed again."""
-    cache_path = Path.home() / ".cache" / "mtrl-bench" / "file-hashes.json"
+    cache_path = user_cache_dir() / "file-hashes.json"
     try:
         cache = json.loads(cache_path.read_text())
     except (OSError, ValueError):
