@@ -296,3 +296,15 @@ def fixed_goal_success(cell: Cell, run_path: Path, records: list[dict]) -> dict[
         if episodes:
             points[max(final)] = float(np.mean([bool(e["success"]) for e in episodes]))
     return points
+
+
+def fixed_goal_by_step(cell: Cell, runs: list[list[dict]],
+                      seeds: list[int] | None = None) -> dict[int, dict[int, float]]:
+    """{step: {seed: fixed-goal success}} over the runs of a cell (``runs``: each run's
+    metrics records, in ``cell.runs`` order), only ``seeds`` if given."""
+    by_step: dict[int, dict[int, float]] = {}
+    for run, records in zip(cell.runs, runs):
+        if seeds is None or run.seed in seeds:
+            for step, value in fixed_goal_success(cell, run.path, records).items():
+                by_step.setdefault(step, {})[run.seed] = value
+    return dict(sorted(by_step.items()))

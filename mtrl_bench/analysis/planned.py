@@ -31,10 +31,8 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from mtrl_bench.analysis import stats
-from mtrl_bench.analysis.cells import Column, Row, fixed_goal_success, group_cells
+from mtrl_bench.analysis.cells import Column, Row, fixed_goal_by_step, group_cells
 from mtrl_bench.analysis.grid import CellScores, Grid, TableOptions, cell_scores
 from mtrl_bench.analysis.render import MISSING, Table, fmt_p, interval_text, nan_if_none, pct
 from mtrl_bench.analysis.tables import (
@@ -114,8 +112,9 @@ def find_row(grid: Grid, spec: str) -> Row | None:
     return found[0] if found else None
 
 
-#: a pair tested in a column: (column, row a, row b, a's scores, b's scores)
-Tested = tuple[Column, Row, Row, CellScores, CellScores]
+#: a pair tested in a column: (column, row a, row b, a's scores, b's scores, whether the
+#: records pair them by seed)
+Tested = tuple[Column, Row, Row, CellScores, CellScores, bool]
 
 
 def family_table(grid: Grid, family: Family,
@@ -145,7 +144,7 @@ def family_table(grid: Grid, family: Family,
                 missing.append((column, a, b))
                 continue
             shared = paired_by_seed(sa, sb)
-            tested.append((column, a, b, sa, sb))
+            tested.append((column, a, b, sa, sb, shared is not None))
             tests.append((column, a, b, stats.compare(sa.success, sb.success, a.label, b.label),
                           None if shared is None else stats.paired_diff_ci(*shared)))
     adjusted = stats.fdr_adjust([t[3].p_welch for t in tests])
@@ -194,43 +193,32 @@ def family_table(grid: Grid, family: Family,
 
 
 def _fixed_goal_curves(scores: CellScores) -> dict[int, dict[int, float]]:
-    """{seed: {step: success on the fixed goal set}} of a cell's runs."""
-    by_seed = {run.seed: run for run in scores.cell.runs}
-    return {seed: fixed_goal_success(scores.cell, by_seed[seed].path,
-                                     MetricsLog(by_seed[seed].path / "metrics.jsonl").records())
-            for seed in scores.seeds}
+    """{step: {seed: success on the fixed goal set}} of the cell's scored seeds."""
+    records = [MetricsLog(run.path / "metrics.jsonl").records() for run in scores.cell.runs]
+    return fixed_goal_by_step(scores.cell, records, scores.seeds)
 
 
 def evaluation_table(family: Family, tested: list[Tested]) -> tuple[list[Table], list]:
     """Secondary: each tested pair's difference on the fixed goals at every evaluation both
     cells made (Welch over per-seed values; paired by seed where the streams are shared)."""
     body, csv_rows, goal_counts = [], [], set()
-    for column, a, b, sa, sb in tested:
+    for column, a, b, sa, sb, pairable in tested:
         protocol = sa.cell.identity["protocol"]
         goal_counts.add(protocol.get("run.eval_goals"))
         budget, total = protocol.get("run.budget_sequences"), protocol.get("trainer.total_steps")
-        curve_a, curve_b = _fixed_goal_curves(sa), _fixed_goal_curves(sb)
-        pairable = paired_by_seed(sa, sb) is not None
-        steps = set().union(*curve_a.values()) & set().union(*curve_b.values())
-        for step in sorted(steps):
-            xa = {seed: c[step] for seed, c in curve_a.items() if step in c}
-            xb = {seed: c[step] for seed, c in curve_b.items() if step in c}
-            diff = stats.mean_diff_ci(np.array(list(xa.values()))[:, None],
-                                      np.array(list(xb.values()))[:, None])
-            common = sorted(set(xa) & set(xb))
-            pair = stats.paired_diff_ci(np.array([xa[s] for s in common])[:, None],
-                                        np.array([xb[s] for s in common])[:, None]) \
-                if pairable and len(common) >= 2 else None
+        for point in stats.differences_by_step(_fixed_goal_curves(sa), _fixed_goal_curves(sb),
+                                               paired=pairable):
+            step, diff, pair = point.step, point.welch, point.paired
             sequences = round(step * budget / total) if budget and total else None
             body.append([column.label, a.label, b.label, str(step),
                          MISSING if sequences is None else f"{sequences:,}",
                          pct(diff.estimate, signed=True), interval_text(diff.low, diff.high),
                          MISSING if pair is None else interval_text(pair.low, pair.high),
-                         f"{len(xa)} vs {len(xb)}"])
+                         f"{point.n_a} vs {point.n_b}"])
             csv_rows.append({
                 "family": family.name, "column": column.label, "row_a": a.label,
                 "row_b": b.label, "step": step, "sequences": sequences,
-                "eval_goals": protocol.get("run.eval_goals"), "n_a": len(xa), "n_b": len(xb),
+                "eval_goals": protocol.get("run.eval_goals"), "n_a": point.n_a, "n_b": point.n_b,
                 "diff_pct": 100 * diff.estimate,
                 "diff_ci_low_pct": nan_if_none(diff.low, 100),
                 "diff_ci_high_pct": nan_if_none(diff.high, 100),

@@ -39,7 +39,7 @@ from mtrl_bench.analysis.cells import (
     Column,
     column_key,
     evaluations,
-    fixed_goal_success,
+    fixed_goal_by_step,
     group_cells,
     row_key,
     suite_label,
@@ -163,19 +163,10 @@ def learning_curves(series: Series, title: str):
     return fig
 
 
-def _fixed_goal_points(cell: Cell, runs: list[list[dict]]) -> dict[int, list[float]]:
-    """{step: [each run's fixed-goal success]} over the runs of a cell."""
-    by_step: dict[int, list[float]] = {}
-    for run, records in zip(cell.runs, runs):
-        for step, value in fixed_goal_success(cell, run.path, records).items():
-            by_step.setdefault(step, []).append(value)
-    return dict(sorted(by_step.items()))
-
-
 def fixed_goal_curves(series: Series, title: str):
     """Success on one fixed goal set at every evaluation, the end included (like with
     like), mean and 95% t-interval over seeds per row; the all-goal final mean as a star."""
-    drawn = [(cell, runs, _fixed_goal_points(cell, runs)) for cell, runs in series]
+    drawn = [(cell, runs, fixed_goal_by_step(cell, runs)) for cell, runs in series]
     drawn = [(cell, runs, points) for cell, runs, points in drawn if len(points) > 1]
     if not drawn:
         return None
@@ -185,7 +176,8 @@ def fixed_goal_curves(series: Series, title: str):
     finals = drawn[0][0].identity["protocol"].get("run.final_eval_goals", "?")
     for cell, runs, points in drawn:
         steps = list(points)
-        intervals = [stats.mean_ci(np.array(v)[:, None]) for v in points.values()]
+        intervals = [stats.mean_ci(np.array(list(v.values()))[:, None])
+                     for v in points.values()]
         mean = np.array([100 * i.estimate for i in intervals])
         line, = ax.plot(steps, mean, marker="o", markersize=3, linewidth=1.4,
                         label=f"{cell.row.label} (n={len(runs)})")
@@ -227,16 +219,15 @@ def gap_vs_training(series: Series, title: str):
     masked = [(cell, runs) for cell, runs in series if _has_masks(runs)]
     if base is None or not masked:
         return None
-    base_points = _fixed_goal_points(*base)
+    base_curves = fixed_goal_by_step(*base)
     fig, axes = _new_figure(1, width=6.4, height=4.2)
     ax = axes[0]
     for cell, runs in masked:
-        points = _fixed_goal_points(cell, runs)
-        steps = [s for s in points if s in base_points]
-        diffs = [stats.mean_diff_ci(np.array(points[s])[:, None],
-                                    np.array(base_points[s])[:, None]) for s in steps]
-        if not steps:
+        points = stats.differences_by_step(fixed_goal_by_step(cell, runs), base_curves,
+                                           paired=False)
+        if not points:
             continue
+        steps, diffs = [p.step for p in points], [p.welch for p in points]
         line, = ax.plot(steps, [100 * d.estimate for d in diffs], marker="o", markersize=3,
                         label=f"{cell.row.label} − {GAP_BASE}")
         defined = [(s, d) for s, d in zip(steps, diffs) if d.low is not None]

@@ -147,6 +147,38 @@ def paired_diff_ci(a, b, *, confidence: float = DEFAULT_CONFIDENCE) -> Interval:
     return Interval(estimate, estimate - half, estimate + half)
 
 
+@dataclass(frozen=True)
+class StepDifference:
+    """A - B at one evaluation step over the seeds each side evaluated there."""
+
+    step: int
+    welch: Interval
+    paired: Interval | None  # None unless asked for and two or more seeds on both sides
+    n_a: int
+    n_b: int
+
+
+def differences_by_step(curves_a: dict[int, dict[int, float]],
+                        curves_b: dict[int, dict[int, float]], *, paired: bool,
+                        confidence: float = DEFAULT_CONFIDENCE) -> list[StepDifference]:
+    """A - B at every step both sides evaluated, from ``{step: {seed: value}}`` curves: the
+    Welch interval over each side's seeds and, with ``paired`` (the caller has checked that
+    seed s of A and of B shared their random streams), the paired interval over the seeds
+    both sides have at that step."""
+    out = []
+    for step in sorted(set(curves_a) & set(curves_b)):
+        xa, xb = curves_a[step], curves_b[step]
+        welch = mean_diff_ci(np.array(list(xa.values()))[:, None],
+                             np.array(list(xb.values()))[:, None], confidence=confidence)
+        common = sorted(set(xa) & set(xb))
+        pair = paired_diff_ci(np.array([xa[s] for s in common])[:, None],
+                              np.array([xb[s] for s in common])[:, None],
+                              confidence=confidence) \
+            if paired and len(common) >= 2 else None
+        out.append(StepDifference(step, welch, pair, len(xa), len(xb)))
+    return out
+
+
 def iqm(scores) -> float:
     """Interquartile mean of all (run, task) scores: the mean of the middle 50%."""
     from scipy import stats as sps
