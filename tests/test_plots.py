@@ -141,10 +141,18 @@ def test_sensitivity_figure_for_a_one_setting_difference(tmp_path):
 @pytest.mark.slow
 def test_plot_command_writes_every_figure_and_an_index(synthetic, capsys):
     root, _, _, _ = synthetic
-    assert main(["plot", "--results-dir", str(root)]) == 0
     out = root / "figures"
+    out.mkdir()  # an earlier plot's figure these runs no longer give, and the user's own
+    (out / "index.md").write_text("# Figures\n\n- `gap_vs_training_mt5_near-optimal.png`: "
+                                  "gap vs training, MT5 near-optimal\n")
+    (out / "gap_vs_training_mt5_near-optimal.png").write_bytes(PNG_SIGNATURE)
+    (out / "mine.png").write_bytes(PNG_SIGNATURE)
+    assert main(["plot", "--results-dir", str(root)]) == 0
     stdout = capsys.readouterr().out
-    names = sorted(p.name for p in out.glob("*.png"))
+    assert not (out / "gap_vs_training_mt5_near-optimal.png").exists()
+    assert "removed gap_vs_training_mt5_near-optimal.png" in stdout
+    assert (out / "mine.png").exists()  # not listed by an earlier plot: never touched
+    names = sorted(p.name for p in out.glob("*.png") if p.name != "mine.png")
     for kind in ("learning_curves", "mask_sparsity", "beta_schedule", "conflict_scores",
                  "aggregate_metrics"):
         assert any(n.startswith(f"{kind}_mt5_near-optimal_") for n in names), kind

@@ -22,7 +22,8 @@ quality x protocol) it writes PNGs into the output folder:
   ``sweep --grid``), success against that setting's value, mean and 95% t-interval over
   seeds (the paper's Fig. 5).
 
-An ``index.md`` lists the figures and the runs left out with why.
+An ``index.md`` lists the figures and the runs left out with why; figures an earlier plot
+into the same folder listed there that these runs no longer give are removed.
 """
 
 from __future__ import annotations
@@ -521,13 +522,29 @@ def _stem(column: Column) -> str:
     return stem if not column.note else f"{stem}_{column.protocol}"
 
 
+_INDEXED = re.compile(r"^- `([^`/]+\.png)`", re.MULTILINE)
+
+
+def _indexed_figures(out: Path) -> set[str]:
+    """The figures an earlier ``plot`` into ``out`` listed in its index.md."""
+    try:
+        return set(_INDEXED.findall((out / "index.md").read_text()))
+    except (OSError, UnicodeDecodeError):
+        return set()
+
+
 def build_plots(runs_dir: Path, out: Path) -> tuple[list[Path], list[str], list[str]]:
-    """Write every figure the records allow; returns (files, skip messages, runs left out)."""
+    """Write every figure the records allow; returns (files, skip messages, runs left out).
+
+    Figures an earlier plot into ``out`` drew (its index.md lists them) that these runs no
+    longer give are removed, so that the folder only holds figures of these runs (a column
+    that split into protocols renames its figures); other files are never touched."""
     columns, left_out = load_columns(runs_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"cannot create figures dir {out}: {err.strerror or err}") from None
+    earlier = _indexed_figures(out)
     files, skipped, index = [], [], []
     for column, series in columns.items():
         for name, draw, reason in FIGURES:
@@ -549,4 +566,7 @@ def build_plots(runs_dir: Path, out: Path) -> tuple[list[Path], list[str], list[
         atomic_write_text(out / "index.md", text)
     except OSError as err:
         raise UserError(f"cannot write {out / 'index.md'}: {err.strerror or err}") from None
+    for name in sorted(earlier - {f.name for f in files}):
+        (out / name).unlink(missing_ok=True)
+        skipped.append(f"removed {name}: an earlier plot drew it, these runs do not give it")
     return files, skipped, left_out
