@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from toolbox import HANG_GUARD_S, TOOLS, tool_module
@@ -219,3 +220,39 @@ def test_compare_trajectories_finds_where_two_runs_part(tmp_path):
     assert compare(short, parted, up_to=0)[-1].startswith("AGREE")  # nothing in common
     result = run_tool("compare_trajectories.py", str(short), str(parted), tmp_path=tmp_path)
     assert result.returncode == 1 and "DIFFER from step 2" in result.stdout
+
+
+def test_training_trends_reads_the_last_interval_of_each_run(tmp_path):
+    """E1's convergence numbers: the fixed-goal change over the last evaluation interval
+    (the final point from episodes.json) and the mean logged loss of the last interval
+    against the one before, per run and counted per cell; --where keeps one protocol."""
+    from synthetic_runs import EVAL_GOALS, build, main_runs
+
+    tool = tool_module("training_trends")
+    runs = build(tmp_path / "runs")
+    socodt = main_runs(runs, "socodt", "near-optimal")
+    losses = {150: 0.9, 250: 0.5, 300: 0.5, 350: 0.4, 400: 0.3}  # evaluations at 300, 400
+    with open(socodt[0].path / "metrics.jsonl", "a") as f:
+        for step, loss in losses.items():
+            f.write(json.dumps({"kind": "train", "step": step, "loss": loss}) + "\n")
+    cells = dict(((cell.column.label, cell.row.label), found)
+                 for cell, found in tool.trends(tmp_path / "runs", {}))
+    found = cells[("MT5 near-optimal [1]", "socodt")]
+    assert [t.seed for t in found] == [0, 1, 2, 3, 4]
+    for trend, run in zip(found, socodt):
+        final = np.mean([(g * 0.6180339887) % 1 < rate for rate in run.success
+                         for g in range(EVAL_GOALS)])  # goals 0-4 of the final evaluation
+        periodic = np.clip(run.success - 0.1, 0, 1).mean()  # the fabricated one at step 300
+        assert trend.last_change == pytest.approx(final - periodic)
+        assert trend.final_success == pytest.approx(run.success.mean())
+    assert (found[0].loss_before, found[0].loss_last) == (0.5, pytest.approx(0.35))
+    assert found[0].loss_trend == "falling" and found[1].loss_trend == "unknown"
+    level = tool.RunTrend(0, {1: 0.2, 2: 0.2}, 0.0, None, None, 0.2)
+    assert level.success_trend == "level"
+    summary = tool.report([(c, f) for c, f in tool.trends(tmp_path / "runs", {})
+                           if c.row.label == "socodt" and c.column.label.endswith("[1]")])[-1]
+    counts = {k: sum(t.success_trend == k for t in found) for k in ("rising", "level", "falling")}
+    assert f"{counts['rising']} rising, {counts['level']} level, {counts['falling']} falling" \
+        in summary and "loss: 1 falling" in summary
+    other = tool.trends(tmp_path / "runs", tool.parse_where(["run.budget_sequences=8000000"]))
+    assert [(c.row.label, len(f)) for c, f in other] == [("promptdt", 1)]
