@@ -372,8 +372,8 @@ def configure_plot(parser: argparse.ArgumentParser) -> None:
 def plot_command(args: argparse.Namespace) -> int:
     from mtrl_bench.analysis.plots import build_plots
 
-    files, skipped, left_out = build_plots(*_results_paths(args, "figures"))
-    for message in skipped:
+    files, messages, left_out = build_plots(*_results_paths(args, "figures"))
+    for message in messages:
         print(message)
     for line in left_out:
         print(f"left out: {line}")

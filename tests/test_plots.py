@@ -142,16 +142,22 @@ def test_sensitivity_figure_for_a_one_setting_difference(tmp_path):
 def test_plot_command_writes_every_figure_and_an_index(synthetic, capsys):
     root, _, _, _ = synthetic
     out = root / "figures"
-    out.mkdir()  # an earlier plot's figure these runs no longer give, and the user's own
-    (out / "index.md").write_text("# Figures\n\n- `gap_vs_training_mt5_near-optimal.png`: "
-                                  "gap vs training, MT5 near-optimal\n")
+    out.mkdir()  # the previous plot's index: a figure these runs no longer give, one they
+    # give again, and a "figure" that cannot be removed; the user's own file is unlisted
+    (out / "index.md").write_text("# Figures\n\n- `gap_vs_training_mt5_near-optimal.png`: x\n"
+                                  "- `learning_curves_mt5_sub-optimal.png`: y\n"
+                                  "- `stuck.png`: z\n")
     (out / "gap_vs_training_mt5_near-optimal.png").write_bytes(PNG_SIGNATURE)
+    (out / "stuck.png").mkdir()
     (out / "mine.png").write_bytes(PNG_SIGNATURE)
     assert main(["plot", "--results-dir", str(root)]) == 0
     stdout = capsys.readouterr().out
     assert not (out / "gap_vs_training_mt5_near-optimal.png").exists()
     assert "removed gap_vs_training_mt5_near-optimal.png" in stdout
     assert (out / "mine.png").exists()  # not listed by an earlier plot: never touched
+    assert "could not remove stuck.png" in stdout  # and listed, to be tried next time
+    assert "- `stuck.png`: stale" in (out / "index.md").read_text()
+    (out / "stuck.png").rmdir()
     names = sorted(p.name for p in out.glob("*.png") if p.name != "mine.png")
     for kind in ("learning_curves", "mask_sparsity", "beta_schedule", "conflict_scores",
                  "aggregate_metrics"):

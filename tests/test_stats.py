@@ -262,7 +262,7 @@ def test_differences_by_step_compares_the_seeds_each_step_has():
     """Only steps both curves have; Welch over each side's seeds at that step, the paired
     interval over the seeds both have there, and only when asked for."""
     a = {10: {0: 0.5, 1: 0.7, 2: 0.6}, 20: {0: 0.8, 1: 0.9}, 30: {0: 1.0}}
-    b = {10: {0: 0.4, 1: 0.5, 2: 0.3}, 20: {0: 0.6, 2: 0.7}, 40: {0: 0.0}}
+    b = {10: {2: 0.3, 0: 0.4, 1: 0.5}, 20: {0: 0.6, 2: 0.7}, 40: {0: 0.0}}  # other order
     points = stats.differences_by_step(a, b, paired=True)
     assert [p.step for p in points] == [10, 20]
     first, second = points
@@ -270,6 +270,7 @@ def test_differences_by_step_compares_the_seeds_each_step_has():
     col = lambda xs: np.array(xs)[:, None]  # noqa: E731
     assert first.welch == stats.mean_diff_ci(col([0.5, 0.7, 0.6]), col([0.4, 0.5, 0.3]))
     assert first.paired == stats.paired_diff_ci(col([0.5, 0.7, 0.6]), col([0.4, 0.5, 0.3]))
+    assert first.paired != stats.paired_diff_ci(col([0.5, 0.7, 0.6]), col([0.3, 0.4, 0.5]))
     assert second.welch == stats.mean_diff_ci(col([0.8, 0.9]), col([0.6, 0.7]))
     assert second.paired is None  # only seed 0 on both sides at step 20
     assert all(p.paired is None for p in stats.differences_by_step(a, b, paired=False))

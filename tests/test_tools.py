@@ -226,7 +226,7 @@ def test_training_trends_reads_the_last_interval_of_each_run(tmp_path):
     """E1's convergence numbers: the fixed-goal change over the last evaluation interval
     (the final point from episodes.json) and the mean logged loss of the last interval
     against the one before, per run and counted per cell; --where keeps one protocol."""
-    from synthetic_runs import EVAL_GOALS, build, main_runs
+    from synthetic_runs import EVAL_GOALS, TASKS, build, main_runs
 
     tool = tool_module("training_trends")
     runs = build(tmp_path / "runs")
@@ -235,11 +235,25 @@ def test_training_trends_reads_the_last_interval_of_each_run(tmp_path):
     with open(socodt[0].path / "metrics.jsonl", "a") as f:
         for step, loss in losses.items():
             f.write(json.dumps({"kind": "train", "step": step, "loss": loss}) + "\n")
+    # seed 1 at step 300 and at the end: 0, 0, 0, 1, 2 of the 5 goals of each task; the
+    # periodic record's mean over tasks is 0.12000000000000002, the episodes' 0.12: "level"
+    path = socodt[1].path / "episodes.json"
+    episodes = json.loads(path.read_text())
+    for e in episodes:
+        e["success"] = e["goal"] < max(0, TASKS.index(e["task"]) - 2)
+    path.write_text(json.dumps(episodes))
+    metrics = socodt[1].path / "metrics.jsonl"
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    for r in records:
+        if r["kind"] == "eval" and r["step"] == 300:
+            r["mean_success"] = float(np.mean([0.0, 0.0, 0.0, 0.2, 0.4]))
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in records))
     cells = dict(((cell.column.label, cell.row.label), found)
                  for cell, found in tool.trends(tmp_path / "runs", {}))
     found = cells[("MT5 near-optimal [1]", "socodt")]
     assert [t.seed for t in found] == [0, 1, 2, 3, 4]
-    for trend, run in zip(found, socodt):
+    assert found[1].last_change == 0.0 and found[1].success_trend == "level"
+    for trend, run in list(zip(found, socodt))[::2]:
         final = np.mean([(g * 0.6180339887) % 1 < rate for rate in run.success
                          for g in range(EVAL_GOALS)])  # goals 0-4 of the final evaluation
         periodic = np.clip(run.success - 0.1, 0, 1).mean()  # the fabricated one at step 300
@@ -247,8 +261,6 @@ def test_training_trends_reads_the_last_interval_of_each_run(tmp_path):
         assert trend.final_success == pytest.approx(run.success.mean())
     assert (found[0].loss_before, found[0].loss_last) == (0.5, pytest.approx(0.35))
     assert found[0].loss_trend == "falling" and found[1].loss_trend == "unknown"
-    level = tool.RunTrend(0, {1: 0.2, 2: 0.2}, 0.0, None, None, 0.2)
-    assert level.success_trend == "level"
     summary = tool.report([(c, f) for c, f in tool.trends(tmp_path / "runs", {})
                            if c.row.label == "socodt" and c.column.label.endswith("[1]")])[-1]
     counts = {k: sum(t.success_trend == k for t in found) for k in ("rising", "level", "falling")}

@@ -5,8 +5,11 @@ every task, n = ``Run.eval_goals``) at every evaluation, the final one read from
 ``episodes.json`` so every point is on the same goals; its change over the last evaluation
 interval (rising, level or falling, counted exactly: a goal more or less is a change); and
 the training loss's trend, the mean of the losses logged in the last evaluation interval
-against the mean of those logged in the interval before (the learning rate is constant
-after warm-up, so a falling mean is still fitting). Per cell: how many runs did which.
+against the mean of those logged in the interval before (both windows lie between
+evaluations, so a run needs three of them; with E1's 448k runs the windows are the last two
+56k intervals, far past warm-up, at a constant learning rate, so a falling mean is still
+fitting; a last interval cut short by a budget that is no multiple of the evaluation period
+is shorter). Per cell: how many runs did which, and how many had too few evaluations.
 
     python tools/training_trends.py [--runs results/runs] [--where run.budget_sequences=448000]
 
@@ -33,8 +36,8 @@ class RunTrend:
     seed: int
     curve: dict[int, float]  # step -> success on the fixed goals
     last_change: float  # success over the last evaluation interval (fraction, exact 0 if level)
-    loss_before: float | None  # mean logged loss, the interval before the last
-    loss_last: float | None  # mean logged loss, the last interval
+    loss_before: float | None  # mean logged loss in the interval before the last
+    loss_last: float | None  # mean logged loss in the last interval (None: nothing logged)
     final_success: float  # the final evaluation, all goals
 
     @property
@@ -56,7 +59,6 @@ def run_trend(cell: Cell, run) -> RunTrend | None:
     steps = sorted(curve)
     if len(steps) < 2:
         return None
-    bounds = [0, *steps][-3:]  # (start of the interval before, its end, the last step)
     losses = [(r["step"], r["loss"]) for r in records if r.get("kind") == "train"]
 
     def mean_loss(low: int, high: int) -> float | None:
@@ -65,9 +67,9 @@ def run_trend(cell: Cell, run) -> RunTrend | None:
 
     final = read_json(run.path / "final.json")["final"]["mean_success"]
     change = round(curve[steps[-1]] - curve[steps[-2]], 9) + 0.0  # equal counts: exactly 0
-    return RunTrend(run.seed, curve, change,
-                    mean_loss(bounds[0], bounds[1]) if len(bounds) == 3 else None,
-                    mean_loss(bounds[-2], bounds[-1]), float(final))
+    before = mean_loss(steps[-3], steps[-2]) if len(steps) >= 3 else None
+    return RunTrend(run.seed, curve, change, before, mean_loss(steps[-2], steps[-1]),
+                    float(final))
 
 
 def parse_where(items: list[str]) -> dict[str, object]:
@@ -84,7 +86,8 @@ def parse_where(items: list[str]) -> dict[str, object]:
 
 
 def trends(runs_dir: Path, where: dict[str, object]) -> list[tuple[Cell, list[RunTrend]]]:
-    """Every cell whose protocol has ``where``'s values, with its runs' trends."""
+    """Every cell whose protocol has ``where``'s values, with the trends of its runs that
+    have two or more evaluations on the fixed goals."""
     cells, _ = group_cells(scan_runs(runs_dir))
     out = []
     for cell in sorted(cells, key=lambda c: (c.column.label, c.row.label)):
@@ -98,7 +101,10 @@ def trends(runs_dir: Path, where: dict[str, object]) -> list[tuple[Cell, list[Ru
 def report(cells: list[tuple[Cell, list[RunTrend]]]) -> list[str]:
     lines = []
     for cell, runs in cells:
-        lines.append(f"== {cell.column.label} | {cell.row.label} (n={len(runs)})")
+        dropped = len(cell.runs) - len(runs)
+        lines.append(f"== {cell.column.label} | {cell.row.label} (n={len(runs)}"
+                     + (f"; {dropped} with fewer than two fixed-goal evaluations left out"
+                        if dropped else "") + ")")
         for t in runs:
             curve = " ".join(f"{100 * v:5.1f}" for _, v in sorted(t.curve.items()))
             loss = ("loss n/a" if t.loss_trend == "unknown" else

@@ -30,6 +30,7 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from mtrl_bench.analysis import stats
 from mtrl_bench.analysis.cells import Column, Row, fixed_goal_by_step, group_cells
@@ -112,9 +113,15 @@ def find_row(grid: Grid, spec: str) -> Row | None:
     return found[0] if found else None
 
 
-#: a pair tested in a column: (column, row a, row b, a's scores, b's scores, whether the
-#: records pair them by seed)
-Tested = tuple[Column, Row, Row, CellScores, CellScores, bool]
+class Tested(NamedTuple):
+    """A pair tested in a column."""
+
+    column: Column
+    a: Row
+    b: Row
+    scores_a: CellScores
+    scores_b: CellScores
+    paired_by_seed: bool  # the records show shared streams for two or more common seeds
 
 
 def family_table(grid: Grid, family: Family,
@@ -144,7 +151,7 @@ def family_table(grid: Grid, family: Family,
                 missing.append((column, a, b))
                 continue
             shared = paired_by_seed(sa, sb)
-            tested.append((column, a, b, sa, sb, shared is not None))
+            tested.append(Tested(column, a, b, sa, sb, shared is not None))
             tests.append((column, a, b, stats.compare(sa.success, sb.success, a.label, b.label),
                           None if shared is None else stats.paired_diff_ci(*shared)))
     adjusted = stats.fdr_adjust([t[3].p_welch for t in tests])

@@ -22,7 +22,7 @@ quality x protocol) it writes PNGs into the output folder:
   ``sweep --grid``), success against that setting's value, mean and 95% t-interval over
   seeds (the paper's Fig. 5).
 
-An ``index.md`` lists the figures and the runs left out with why; figures an earlier plot
+An ``index.md`` lists the figures and the runs left out with why; figures the previous plot
 into the same folder listed there that these runs no longer give are removed.
 """
 
@@ -533,40 +533,58 @@ def _indexed_figures(out: Path) -> set[str]:
         return set()
 
 
-def build_plots(runs_dir: Path, out: Path) -> tuple[list[Path], list[str], list[str]]:
-    """Write every figure the records allow; returns (files, skip messages, runs left out).
+def _remove_stale(out: Path, names: set[str]) -> tuple[list[str], list[str]]:
+    """Remove the figures ``names`` from ``out``; returns (messages, index lines of those
+    that could not be removed, so that the next plot tries again)."""
+    messages, kept = [], []
+    for name in sorted(names):
+        path = out / name
+        try:
+            path.unlink(missing_ok=True)  # a folder of that name raises: kept and said
+        except OSError as err:
+            messages.append(f"could not remove {name}, an earlier plot's figure these runs "
+                            f"do not give: {err.strerror or err}")
+            kept.append(f"- `{name}`: stale (an earlier plot's), could not be removed")
+            continue
+        messages.append(f"removed {name}: an earlier plot drew it, these runs do not give it")
+    return messages, kept
 
-    Figures an earlier plot into ``out`` drew (its index.md lists them) that these runs no
-    longer give are removed, so that the folder only holds figures of these runs (a column
-    that split into protocols renames its figures); other files are never touched."""
+
+def build_plots(runs_dir: Path, out: Path) -> tuple[list[Path], list[str], list[str]]:
+    """Write every figure the records allow; returns (files, messages on figures not drawn
+    or removed, runs left out).
+
+    Figures that the previous plot into ``out`` drew (its index.md lists them) and these
+    runs no longer give are removed, so that the folder holds the figures of these runs
+    only (a column that split into protocols renames its figures); no other file is
+    removed."""
     columns, left_out = load_columns(runs_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"cannot create figures dir {out}: {err.strerror or err}") from None
     earlier = _indexed_figures(out)
-    files, skipped, index = [], [], []
+    files, messages, index = [], [], []
     for column, series in columns.items():
         for name, draw, reason in FIGURES:
             fig = draw(series, column.label)
             if fig is None:
-                skipped.append(f"skipped {name} for {column.label}: {reason}")
+                messages.append(f"skipped {name} for {column.label}: {reason}")
                 continue
             files.append(_save(fig, out / f"{name}_{_stem(column)}.png"))
             index.append(f"- `{files[-1].name}`: {name.replace('_', ' ')}, {column.label}"
                          + (f" ({column.note})" if column.note else ""))
     figures, not_drawn = sensitivity(columns)
-    skipped += not_drawn
+    messages += not_drawn
     for stem, fig in figures:
         files.append(_save(fig, out / f"{stem}.png"))
         index.append(f"- `{files[-1].name}`: sensitivity figure")
-    text = ("# Figures\n\n" + "\n".join(index) + "\n\n## Runs left out\n\n"
+    removed, kept = _remove_stale(out, earlier - {f.name for f in files})
+    messages += removed
+    text = ("# Figures\n\n" + "\n".join(index + kept) + "\n\n## Runs left out\n\n"
             + ("\n".join(f"- {line}" for line in left_out) or "none") + "\n")
     try:
         atomic_write_text(out / "index.md", text)
     except OSError as err:
         raise UserError(f"cannot write {out / 'index.md'}: {err.strerror or err}") from None
-    for name in sorted(earlier - {f.name for f in files}):
-        (out / name).unlink(missing_ok=True)
-        skipped.append(f"removed {name}: an earlier plot drew it, these runs do not give it")
-    return files, skipped, left_out
+    return files, messages, left_out
