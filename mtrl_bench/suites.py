@@ -111,18 +111,22 @@ def goal_tasks(task: str) -> tuple:
     import metaworld
 
     try:
-        path = goal_cache_path(task)  # RuntimeError without a home folder
-        goals = pickle.loads(path.read_bytes())
-        if _are_goals_of(goals, task):
-            return goals
-    except Exception:  # missing, truncated, garbage, classes that moved: rebuild
-        pass
+        path = goal_cache_path(task)
+    except RuntimeError:  # no home folder: no cache
+        path = None
+    if path is not None:
+        try:
+            goals = pickle.loads(path.read_bytes())
+            if _are_goals_of(goals, task):
+                return goals
+        except Exception:  # missing, truncated, garbage, classes that moved: rebuild
+            pass
     goals = tuple(metaworld.MT1(task, seed=GOAL_SEED).train_tasks)
-    try:
-        atomic_write(goal_cache_path(task),
-                     lambda tmp: Path(tmp).write_bytes(pickle.dumps(goals)))
-    except (OSError, RuntimeError):
-        pass
+    if path is not None:
+        try:
+            atomic_write(path, lambda tmp: Path(tmp).write_bytes(pickle.dumps(goals)))
+        except OSError:
+            pass
     return goals
 
 

@@ -1,5 +1,7 @@
 """Suite definitions: fixed lists, reproducible random suites, name errors, the CLI listing."""
 
+from pathlib import Path
+
 import pytest
 
 from mtrl_bench import cli
@@ -77,7 +79,7 @@ def test_goals_are_fixed_per_index():
 
 def test_goals_come_from_a_cache_that_is_rebuilt_when_damaged(tmp_path, monkeypatch):
     """The cached goals equal MT1's; with MT1 unusable they still load; a damaged entry or
-    another task's goals are rebuilt."""
+    another task's goals are rebuilt; without a home folder they are built, not cached."""
     from importlib.metadata import version
 
     import metaworld
@@ -104,6 +106,13 @@ def test_goals_come_from_a_cache_that_is_rebuilt_when_damaged(tmp_path, monkeypa
             goal_tasks.cache_clear()
             assert goal_tasks("reach-v3") == fresh
             assert path.read_bytes() != damage
+
+        def homeless():
+            raise RuntimeError("Could not determine home directory.")
+
+        monkeypatch.setattr(Path, "home", homeless)  # no cache at all: built, not cached
+        goal_tasks.cache_clear()
+        assert goal_tasks("reach-v3") == fresh
     finally:
         goal_tasks.cache_clear()
 

@@ -91,8 +91,7 @@ def trends(runs_dir: Path, where: dict[str, object]) -> list[tuple[Cell, list[Ru
     cells, _ = group_cells(scan_runs(runs_dir))
     out = []
     for cell in sorted(cells, key=lambda c: (c.column.label, c.row.label)):
-        protocol = cell.identity["protocol"]
-        if all(protocol.get(k) == v for k, v in where.items()):
+        if cell.has_protocol(where.items()):
             found = [run_trend(cell, run) for run in sorted(cell.runs, key=lambda r: r.seed)]
             out.append((cell, [t for t in found if t is not None]))
     return out

@@ -10,6 +10,7 @@ by what differs.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +64,11 @@ class Cell:
     @property
     def seeds(self) -> list[int]:
         return [run.seed for run in self.runs]
+
+    def has_protocol(self, values: Iterable[tuple[str, object]]) -> bool:
+        """Whether the cell's protocol has these (key, value) entries (e.g. a budget)."""
+        protocol = self.identity["protocol"]
+        return all(protocol.get(key) == value for key, value in values)
 
 
 def _majority(groups: dict[str, list], key) -> str:

@@ -127,7 +127,7 @@ class Tested(NamedTuple):
 def family_table(grid: Grid, family: Family,
                  options: TableOptions) -> tuple[list[Table], list, list[Tested]]:
     """One family's comparisons as a table, its CSV rows and the pairs it tested."""
-    protocols = {s.column: s.cell.identity["protocol"] for s in grid.at.values()}
+    cells = {s.column: s.cell for s in grid.at.values()}
     labels = {c: re.sub(r" \[\d+\]$", "", c.label) for c in grid.columns}
     unknown = set(family.columns or ()) - set(labels.values()) - {c.label for c in grid.columns}
     if unknown:
@@ -136,7 +136,7 @@ def family_table(grid: Grid, family: Family,
     columns = [c for c in grid.columns
                if (family.columns is None or labels[c] in family.columns
                    or c.label in family.columns)
-               and all(protocols[c].get(k) == v for k, v in family.where)]
+               and cells[c].has_protocol(family.where)]
     tests = []  # (column, row a, row b, Comparison, paired interval or None)
     tested: list[Tested] = []
     missing, unnamed = [], []
@@ -201,7 +201,8 @@ def family_table(grid: Grid, family: Family,
 
 def _fixed_goal_curves(scores: CellScores) -> dict[int, dict[int, float]]:
     """{step: {seed: success on the fixed goal set}} of the cell's scored seeds."""
-    records = [MetricsLog(run.path / "metrics.jsonl").records() for run in scores.cell.runs]
+    records = [MetricsLog(run.path / "metrics.jsonl").records() if run.seed in scores.seeds
+               else [] for run in scores.cell.runs]
     return fixed_goal_by_step(scores.cell, records, scores.seeds)
 
 
