@@ -53,14 +53,22 @@ def device_name(device) -> str:
 NUMERICS_KEY_FIELDS = ("device", "cpu_model", "cpu_capability", "torch_threads", "torch",
                        "blas", "onednn", "gpu", "cuda", "cudnn")
 
+#: environment variables that make torch, MKL or oneDNN pick other kernels than the CPU's
+#: best (README, Reproducibility: how an AVX512 CPU reruns AVX2 runs bit for bit); a run
+#: records those that are set, and they enter its key (only when set, so that runs made
+#: without any keep the key they had before this was recorded)
+KERNEL_ENVIRONMENT = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR",
+                      "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+
 
 def numerics(device) -> dict:
     """What decides a run's floating-point results beyond its settings: the CPU (model,
     the SIMD level torch dispatches to, its vector flags), the threads torch computes with
     (a reduction split over more threads adds in another order), the cores it may use, the
-    GPU and the torch/BLAS/oneDNN/CUDA/cuDNN builds; and ``key``, a short hash of the parts
-    that select kernels (:data:`NUMERICS_KEY_FIELDS`), equal for runs made under the same
-    numerics."""
+    GPU and the torch/BLAS/oneDNN/CUDA/cuDNN builds, the variables of
+    :data:`KERNEL_ENVIRONMENT` that are set; and ``key``, a short hash of the parts that
+    select kernels (:data:`NUMERICS_KEY_FIELDS` and those variables), equal for runs made
+    under the same numerics."""
     import hashlib
     import json
     import os
@@ -83,8 +91,12 @@ def numerics(device) -> dict:
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "cuda": torch.version.cuda if device.type == "cuda" else None,
         "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
+        "environment": {name: os.environ[name] for name in KERNEL_ENVIRONMENT
+                        if os.environ.get(name)},
     }
     key_fields = {name: record[name] for name in NUMERICS_KEY_FIELDS}
+    if record["environment"]:
+        key_fields["environment"] = record["environment"]
     record["key"] = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()
                                    ).hexdigest()[:10]
     return record

@@ -129,6 +129,29 @@ def test_end_to_end_run_writes_a_complete_run_directory(dirs, capsys):
     assert not other.exists()
 
 
+def test_kernel_environment_is_recorded_and_keys_the_numerics(monkeypatch):
+    """A variable that forces other kernels (ATEN_CPU_CAPABILITY, MKL_ENABLE_INSTRUCTIONS,
+    ...) is recorded and changes the key; with none set the key is the hash of the key
+    fields alone, as before the environment was recorded."""
+    import hashlib
+
+    from mtrl_bench.provenance import KERNEL_ENVIRONMENT, NUMERICS_KEY_FIELDS, numerics
+    from mtrl_bench.runs.rundir import numerics_summary
+
+    for name in KERNEL_ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+    plain = numerics(torch.device("cpu"))
+    fields = json.dumps({name: plain[name] for name in NUMERICS_KEY_FIELDS}, sort_keys=True)
+    assert plain["environment"] == {}
+    assert plain["key"] == hashlib.sha256(fields.encode()).hexdigest()[:10]
+    monkeypatch.setenv("MKL_ENABLE_INSTRUCTIONS", "AVX2")
+    forced = numerics(torch.device("cpu"))
+    assert forced["environment"] == {"MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+    assert forced["key"] != plain["key"]
+    assert numerics_summary(forced).endswith(", MKL_ENABLE_INSTRUCTIONS=AVX2")
+    assert "=" not in numerics_summary(plain)
+
+
 @pytest.mark.parametrize("binding, message", [
     ("Trainer.total_steps = 5", "Trainer.total_steps has no effect: the runner sets it (from "
                                 "Run.budget_sequences)"),

@@ -395,8 +395,10 @@ def numerics_summary(record: dict | None) -> str:
     if not record:
         return "unrecorded"
     where = record.get("gpu") or record.get("cpu_model")
+    forced = "".join(f", {name}={value}" for name, value in
+                     sorted((record.get("environment") or {}).items()))
     return (f"{record['key']}: {where}, {record.get('cpu_capability')}, "
-            f"{record.get('torch_threads')} threads, torch {record.get('torch')}")
+            f"{record.get('torch_threads')} threads, torch {record.get('torch')}{forced}")
 
 
 def histogram_edges(low: int, high: int, per_decade: int) -> list[float]:
