@@ -181,7 +181,10 @@ def test_tiny_model_overfits_tiny_dataset(datasets, method):
     trainer.train(callback=logged.append)
     train = [m for m in logged if m["kind"] == "train"]
     assert [m["step"] for m in train] == [50, 100, 150, 200]
-    assert train[-1]["loss"] < first / 8, (first, [m["loss"] for m in train])  # ~10-14x
+    # measured 7.9x (rlw, whose random loss weights slow it most) to 14x, and rlw's 8.2x on
+    # an AVX2 CPU was 7.85x on an AVX512 one: the bound leaves room for another CPU's
+    # rounding; a method that does not learn stays near 1x
+    assert train[-1]["loss"] < first / 6, (first, [m["loss"] for m in train])
     if trainer.masks is not None:
         # updates at steps 25, 50, ...; records carry the steps completed (26, 51, ...)
         assert [m["step"] for m in logged if m["kind"] == "mask"] == list(range(26, 201, 25))
